@@ -1,0 +1,103 @@
+//! The ztunnel binary: `ztunnel [proxy]` runs the node proxy from upstream-style environment
+//! variables; `ztunnel gen-ca DIR` writes a local root CA for standalone runs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use dataplane::identity::LocalCa;
+use dataplane::localconfig::LocalConfig;
+use dataplane::seams::{Clock, Seams, SystemClock};
+use dataplane::state::{State, StateHandle};
+use dataplane::ztunnel::{self, Config, LocalCaProvider};
+
+const ROOT_CERT: &str = "root-cert.pem";
+const CA_KEY: &str = "ca-key.pem";
+
+fn gen_ca(dir: &Path, trust_domain: &str) -> anyhow::Result<()> {
+    let ca = LocalCa::generate(trust_domain, SystemClock.now())?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join(ROOT_CERT), ca.root_pem())?;
+    std::fs::write(dir.join(CA_KEY), ca.key_pem())?;
+    println!(
+        "wrote {} and {}",
+        dir.join(ROOT_CERT).display(),
+        dir.join(CA_KEY).display()
+    );
+    Ok(())
+}
+
+fn load_ca(dir: &Path) -> anyhow::Result<LocalCa> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    Ok(LocalCa::from_pem(&read(ROOT_CERT)?, &read(CA_KEY)?)
+        .with_context(|| format!("loading the local CA from {}", dir.display()))?)
+}
+
+async fn proxy() -> anyhow::Result<()> {
+    let config = Config::from_env(|k| std::env::var(k).ok())?;
+    let mut state = State::default();
+    if let Some(path) = &config.local_config {
+        LocalConfig::load(path)?.apply_to(&mut state);
+    }
+    let Some(ca_dir) = std::env::var_os("LOCAL_CA_DIR").map(PathBuf::from) else {
+        bail!(
+            "LOCAL_CA_DIR is not set: this build issues certificates from a local CA (`ztunnel gen-ca DIR` creates one)"
+        );
+    };
+    let ca = load_ca(&ca_dir)?;
+    let seed = if config.seed != 0 {
+        config.seed
+    } else {
+        rand_seed()
+    };
+    let seams = Seams::real(seed);
+    let certificates = Arc::new(LocalCaProvider::new(
+        ca,
+        config.certificate_ttl,
+        Arc::new(SystemClock),
+    ));
+    let proxy = ztunnel::run(config, seams, StateHandle::new(state), certificates).await?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; draining"),
+        () = proxy.quit_requested() => tracing::info!("/quitquitquit; draining"),
+    }
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A seed for load-balancing choices in a real deployment, where replay does not matter.
+fn rand_seed() -> u64 {
+    let now = SystemClock.now();
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64 ^ u64::from(std::process::id()))
+        .unwrap_or(1)
+}
+
+fn main() -> anyhow::Result<()> {
+    dataplane::logging::init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None | Some("proxy") => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(proxy())
+        }
+        Some("gen-ca") => {
+            let dir = args
+                .get(1)
+                .context("usage: ztunnel gen-ca DIR [TRUST_DOMAIN]")?;
+            let td = args.get(2).map(String::as_str).unwrap_or("cluster.local");
+            gen_ca(Path::new(dir), td)
+        }
+        Some("version") => {
+            println!("ztunnel {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Some(other) => bail!("unknown command {other:?}; expected proxy, gen-ca or version"),
+    }
+}

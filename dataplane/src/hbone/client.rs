@@ -1,0 +1,161 @@
+//! The HBONE client: mTLS to the peer's 15008, HTTP/2 with prior knowledge, one classic
+//! CONNECT per proxied connection.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use super::stream::H2Stream;
+use super::{
+    CLIENT_MAX_HEADER_LIST, CONNECTION_WINDOW, MAX_FRAME_SIZE, PING_INTERVAL, PING_TIMEOUT,
+    STREAM_WINDOW, keepalive,
+};
+use crate::seams::Network;
+
+/// Why an HBONE stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum HboneError {
+    #[error("connect to {0} failed: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("TLS handshake with {0} failed: {1}")]
+    Tls(SocketAddr, std::io::Error),
+    #[error("HTTP/2 handshake with {0} failed: {1}")]
+    Handshake(SocketAddr, h2::Error),
+    #[error("CONNECT {authority} failed: {source}")]
+    Stream {
+        authority: String,
+        source: h2::Error,
+    },
+    #[error("CONNECT {authority} answered {status}")]
+    Status {
+        authority: String,
+        status: StatusCode,
+    },
+    #[error("invalid CONNECT request for {0}")]
+    Request(String),
+}
+
+/// The headers a CONNECT carries besides `:authority`.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectHeaders {
+    /// W3C baggage describing the source workload.
+    pub baggage: String,
+    /// `for="<client ip:port>"[;host=<service hostname>]`.
+    pub forwarded: String,
+    /// `00-<trace id>-<span id>-00`.
+    pub traceparent: String,
+}
+
+/// An open HTTP/2 connection to a peer, shared by many streams.
+#[derive(Clone)]
+pub struct Connection {
+    pub(crate) send: h2::client::SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Connection {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// How many concurrent streams the server allows.
+    pub(crate) fn max_streams(&self) -> usize {
+        self.send.current_max_send_streams()
+    }
+}
+
+/// Opens an mTLS HTTP/2 connection to `destination` (a peer's 15008), dialling from
+/// `source` when given.
+pub async fn open_connection(
+    network: &dyn Network,
+    tls: Arc<ClientConfig>,
+    source: Option<IpAddr>,
+    destination: SocketAddr,
+) -> Result<Connection, HboneError> {
+    let tcp = network
+        .connect(source, destination)
+        .await
+        .map_err(|e| HboneError::Connect(destination, e))?;
+    // No SNI is sent (the config disables it); the name only satisfies the API.
+    let name = ServerName::IpAddress(destination.ip().into());
+    let tls_stream = TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| HboneError::Tls(destination, e))?;
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_header_list_size(CLIENT_MAX_HEADER_LIST)
+        .enable_push(false)
+        .handshake::<_, Bytes>(tls_stream)
+        .await
+        .map_err(|e| HboneError::Handshake(destination, e))?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let mut connection = connection;
+    let ping_pong = connection.ping_pong();
+    let done = closed.clone();
+    tokio::spawn(async move {
+        let alive = async {
+            match ping_pong {
+                Some(p) => keepalive::run(p, PING_INTERVAL, PING_TIMEOUT).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            result = &mut connection => {
+                if let Err(err) = result {
+                    tracing::debug!(%destination, %err, "HBONE connection ended");
+                }
+            }
+            () = alive => {}
+        }
+        done.store(true, Ordering::Release);
+    });
+    Ok(Connection { send, closed })
+}
+
+/// Sends a CONNECT for `authority` on `connection` and waits for the 200.
+pub async fn connect_stream(
+    connection: &Connection,
+    authority: &str,
+    headers: &ConnectHeaders,
+) -> Result<H2Stream, HboneError> {
+    let stream_err = |source| HboneError::Stream {
+        authority: authority.to_string(),
+        source,
+    };
+    let mut builder = Request::builder().method(Method::CONNECT).uri(authority);
+    for (name, value) in [
+        ("baggage", &headers.baggage),
+        ("forwarded", &headers.forwarded),
+        ("traceparent", &headers.traceparent),
+    ] {
+        if !value.is_empty() {
+            builder = builder.header(name, value.as_str());
+        }
+    }
+    let request = builder
+        .body(())
+        .map_err(|_| HboneError::Request(authority.to_string()))?;
+    let mut send = connection.send.clone().ready().await.map_err(stream_err)?;
+    let (response, send_stream) = send.send_request(request, false).map_err(stream_err)?;
+    let response = response.await.map_err(stream_err)?;
+    if response.status() != StatusCode::OK {
+        return Err(HboneError::Status {
+            authority: authority.to_string(),
+            status: response.status(),
+        });
+    }
+    Ok(H2Stream {
+        send: send_stream,
+        recv: response.into_body(),
+    })
+}

@@ -1,0 +1,221 @@
+//! The HBONE server: mTLS, HTTP/2, and one CONNECT per tunnelled connection. What to do with
+//! a CONNECT (authorize it, connect upstream) is the caller's; this module owns the protocol:
+//! handshake deadlines, 400 for what is not a CONNECT, header limits, keepalive and drain.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::{HeaderMap, Method, Response, StatusCode};
+use rustls::ServerConfig;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use super::stream::H2Stream;
+use super::{
+    CONNECTION_WINDOW, MAX_FRAME_SIZE, PING_INTERVAL, PING_TIMEOUT, SERVER_MAX_HEADER_LIST,
+    SERVER_MAX_STREAMS, SERVER_SEND_BUFFER, STREAM_WINDOW, keepalive,
+};
+use crate::identity::{Identity, peer_identity};
+use crate::seams::BoxStream;
+
+/// How a server connection behaves around its edges.
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// TLS and HTTP/2 handshakes must finish within this, or the peer is dropped.
+    pub handshake_timeout: Duration,
+    /// Flips to `true` when the proxy drains: GOAWAY, then finish open streams.
+    pub drain: watch::Receiver<bool>,
+    /// How long open streams get after GOAWAY before the connection is closed anyway.
+    pub drain_deadline: Duration,
+}
+
+/// Why a connection never got to carry a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("TLS handshake did not finish within {0:?}")]
+    TlsTimeout(Duration),
+    #[error("HTTP/2 handshake failed: {0}")]
+    Http2(h2::Error),
+    #[error("HTTP/2 handshake did not finish within {0:?}")]
+    Http2Timeout(Duration),
+}
+
+/// A CONNECT as the server received it.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    /// The `:authority`, `host:port` or `ip:port`.
+    pub authority: String,
+    pub headers: HeaderMap,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The address the peer dialled (a pod IP and 15008).
+    pub destination: SocketAddr,
+    /// The peer's verified identity.
+    pub peer_identity: Option<Identity>,
+}
+
+/// A CONNECT waiting for its answer.
+pub struct IncomingConnect {
+    pub request: ConnectRequest,
+    respond: SendResponse<Bytes>,
+    recv: RecvStream,
+}
+
+impl IncomingConnect {
+    /// Answers with a failure status and ends the stream.
+    pub fn refuse(mut self, status: StatusCode) {
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        if let Err(err) = self.respond.send_response(response, true) {
+            tracing::debug!(%err, "could not send refusal");
+        }
+    }
+
+    /// Answers 200 (with `headers`, e.g. response baggage) and hands back the tunnel.
+    pub fn accept(mut self, headers: HeaderMap) -> Result<H2Stream, h2::Error> {
+        let mut response = Response::new(());
+        *response.headers_mut() = headers;
+        let send = self.respond.send_response(response, false)?;
+        Ok(H2Stream {
+            send,
+            recv: self.recv,
+        })
+    }
+}
+
+/// RFC 7541's size of a header list: name + value + 32 per field.
+fn header_list_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
+}
+
+fn respond(mut respond: SendResponse<Bytes>, status: StatusCode) {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    let _ = respond.send_response(response, true);
+}
+
+/// Serves one accepted connection: handshakes, then every CONNECT on it goes to `handler`
+/// (each on its own task). Returns when the connection ends.
+pub async fn serve_connection<H, Fut>(
+    stream: BoxStream,
+    peer: SocketAddr,
+    destination: SocketAddr,
+    tls: Arc<ServerConfig>,
+    mut options: ServerOptions,
+    handler: H,
+) -> Result<(), ServeError>
+where
+    H: Fn(IncomingConnect) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let timeout = options.handshake_timeout;
+    let tls_stream = tokio::time::timeout(timeout, TlsAcceptor::from(tls).accept(stream))
+        .await
+        .map_err(|_| ServeError::TlsTimeout(timeout))?
+        .map_err(ServeError::Tls)?;
+    let identity = peer_identity(tls_stream.get_ref().1);
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_header_list_size(SERVER_MAX_HEADER_LIST)
+        .max_concurrent_streams(SERVER_MAX_STREAMS)
+        .max_send_buffer_size(SERVER_SEND_BUFFER)
+        .handshake::<_, Bytes>(tls_stream);
+    let mut connection = tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| ServeError::Http2Timeout(timeout))?
+        .map_err(ServeError::Http2)?;
+
+    let keepalive = match connection.ping_pong() {
+        Some(p) => {
+            futures_util::future::Either::Left(keepalive::run(p, PING_INTERVAL, PING_TIMEOUT))
+        }
+        None => futures_util::future::Either::Right(std::future::pending()),
+    };
+    tokio::pin!(keepalive);
+    let mut draining = *options.drain.borrow();
+    if draining {
+        connection.graceful_shutdown();
+    }
+    let deadline = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(deadline);
+
+    loop {
+        tokio::select! {
+            biased;
+            changed = options.drain.changed(), if !draining => {
+                if changed.is_err() || *options.drain.borrow() {
+                    draining = true;
+                    connection.graceful_shutdown();
+                    deadline.as_mut().reset(tokio::time::Instant::now() + options.drain_deadline);
+                }
+            }
+            () = &mut deadline => {
+                tracing::debug!(%peer, "drain deadline passed; closing connection");
+                connection.abrupt_shutdown(h2::Reason::NO_ERROR);
+                return Ok(());
+            }
+            () = &mut keepalive => {
+                connection.abrupt_shutdown(h2::Reason::NO_ERROR);
+                return Ok(());
+            }
+            next = connection.accept() => {
+                let Some(next) = next else { return Ok(()) };
+                let (request, send_response) = match next {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        if err.is_go_away() || err.is_io() {
+                            tracing::debug!(%peer, %err, "HBONE connection closed");
+                        } else {
+                            tracing::warn!(%peer, %err, "HBONE connection failed");
+                        }
+                        return Ok(());
+                    }
+                };
+                let (parts, recv) = request.into_parts();
+                if parts.method != Method::CONNECT {
+                    tracing::warn!(%peer, method = %parts.method, "HBONE request is not a CONNECT; answering 400");
+                    respond(send_response, StatusCode::BAD_REQUEST);
+                    continue;
+                }
+                let size = header_list_size(&parts.headers);
+                if size > SERVER_MAX_HEADER_LIST as usize {
+                    tracing::warn!(%peer, size, limit = SERVER_MAX_HEADER_LIST, "HBONE CONNECT headers too large; answering 431");
+                    respond(send_response, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+                    continue;
+                }
+                let authority = match parts.uri.authority() {
+                    Some(a) if a.port_u16().is_some() && parts.uri.path_and_query().is_none() => a.to_string(),
+                    _ => {
+                        tracing::warn!(%peer, uri = %parts.uri, "HBONE CONNECT without a host:port authority; answering 400");
+                        respond(send_response, StatusCode::BAD_REQUEST);
+                        continue;
+                    }
+                };
+                let incoming = IncomingConnect {
+                    request: ConnectRequest {
+                        authority,
+                        headers: parts.headers,
+                        peer,
+                        destination,
+                        peer_identity: identity.clone(),
+                    },
+                    respond: send_response,
+                    recv,
+                };
+                tokio::spawn(handler(incoming));
+            }
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Workload identity: SPIFFE IDs, certificates, the local CA, and the mTLS configurations
+//! HBONE runs on.
+
+mod certificate;
+mod local_ca;
+mod spiffe;
+mod tls;
+
+pub use certificate::{CertificateError, WorkloadCertificate};
+pub use local_ca::{LocalCa, LocalCaError};
+pub use spiffe::{Identity, IdentityError};
+pub use tls::{TlsError, client_config, peer_identity, server_config};
+
+/// The trust domain used when none is configured, as upstream.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";

@@ -1,0 +1,13 @@
+//! The mesh data plane: ztunnel (node L4 proxy) and, later, the waypoint (L7 proxy).
+//!
+//! Everything that touches the outside world goes through [`seams`], so the binaries and the
+//! simulator run the same functions.
+
+pub mod hbone;
+pub mod identity;
+pub mod localconfig;
+pub mod logging;
+pub mod policy;
+pub mod seams;
+pub mod state;
+pub mod ztunnel;

@@ -1,0 +1,159 @@
+//! Certificates for the workloads this ztunnel serves: fetched from a provider (the local CA
+//! today, istiod's CA with the control plane), cached, and replaced at half-life.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rustls::{ClientConfig, ServerConfig};
+
+use crate::identity::{
+    Identity, LocalCa, LocalCaError, TlsError, WorkloadCertificate, client_config, server_config,
+};
+use crate::seams::Clock;
+use crate::seams::network::BoxFuture;
+
+/// Why a workload has no usable certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum CertificateFetchError {
+    #[error("certificate for {identity} could not be issued: {reason}")]
+    Issue { identity: Identity, reason: String },
+    #[error("TLS configuration for {0} could not be built: {1}")]
+    Tls(Identity, TlsError),
+}
+
+/// Where certificates come from.
+pub trait CertificateProvider: Send + Sync + 'static {
+    fn fetch(
+        &self,
+        identity: &Identity,
+    ) -> BoxFuture<'_, Result<WorkloadCertificate, CertificateFetchError>>;
+}
+
+/// Issues certificates from a CA held in-process (standalone runs, tests, the simulator
+/// before the control plane takes over).
+pub struct LocalCaProvider {
+    ca: LocalCa,
+    ttl: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl LocalCaProvider {
+    pub fn new(ca: LocalCa, ttl: Duration, clock: Arc<dyn Clock>) -> Self {
+        LocalCaProvider { ca, ttl, clock }
+    }
+}
+
+impl CertificateProvider for LocalCaProvider {
+    fn fetch(
+        &self,
+        identity: &Identity,
+    ) -> BoxFuture<'_, Result<WorkloadCertificate, CertificateFetchError>> {
+        let result =
+            self.ca
+                .issue(identity, self.ttl, self.clock.now())
+                .map_err(|e: LocalCaError| CertificateFetchError::Issue {
+                    identity: identity.clone(),
+                    reason: e.to_string(),
+                });
+        Box::pin(async move { result })
+    }
+}
+
+struct Cached {
+    certificate: Arc<WorkloadCertificate>,
+    server: Arc<ServerConfig>,
+}
+
+/// The per-identity certificate cache and the TLS configurations built from it.
+pub struct CertificateManager {
+    provider: Arc<dyn CertificateProvider>,
+    clock: Arc<dyn Clock>,
+    cache: Mutex<BTreeMap<Identity, Arc<Cached>>>,
+}
+
+impl CertificateManager {
+    pub fn new(provider: Arc<dyn CertificateProvider>, clock: Arc<dyn Clock>) -> Self {
+        CertificateManager {
+            provider,
+            clock,
+            cache: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    async fn cached(&self, identity: &Identity) -> Result<Arc<Cached>, CertificateFetchError> {
+        let now = self.clock.now();
+        let existing = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(identity)
+            .cloned();
+        if let Some(c) = &existing
+            && now < c.certificate.refresh_at()
+        {
+            return Ok(c.clone());
+        }
+        match self.provider.fetch(identity).await {
+            Ok(certificate) => {
+                let server = server_config(&certificate, self.clock.clone())
+                    .map_err(|e| CertificateFetchError::Tls(identity.clone(), e))?;
+                let fresh = Arc::new(Cached {
+                    certificate: Arc::new(certificate),
+                    server: Arc::new(server),
+                });
+                self.cache
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(identity.clone(), fresh.clone());
+                Ok(fresh)
+            }
+            // Keep serving with the last good certificate while it is still valid.
+            Err(err) => match existing {
+                Some(c) if !c.certificate.is_expired(now) => {
+                    tracing::warn!(%identity, %err, "certificate refresh failed; keeping the current one");
+                    Ok(c)
+                }
+                _ => Err(err),
+            },
+        }
+    }
+
+    /// The certificate for `identity`, fetching or refreshing it when needed.
+    pub async fn certificate(
+        &self,
+        identity: &Identity,
+    ) -> Result<Arc<WorkloadCertificate>, CertificateFetchError> {
+        Ok(self.cached(identity).await?.certificate.clone())
+    }
+
+    /// The HBONE server configuration presenting `identity`.
+    pub async fn server_config(
+        &self,
+        identity: &Identity,
+    ) -> Result<Arc<ServerConfig>, CertificateFetchError> {
+        Ok(self.cached(identity).await?.server.clone())
+    }
+
+    /// An HBONE client configuration presenting `identity` and accepting only `expected`.
+    pub async fn client_config(
+        &self,
+        identity: &Identity,
+        expected: Vec<Identity>,
+    ) -> Result<Arc<ClientConfig>, CertificateFetchError> {
+        let cached = self.cached(identity).await?;
+        client_config(&cached.certificate, expected, self.clock.clone())
+            .map(Arc::new)
+            .map_err(|e| CertificateFetchError::Tls(identity.clone(), e))
+    }
+
+    /// Identities with a cached certificate, for the admin API.
+    pub fn snapshot(&self) -> Vec<Arc<WorkloadCertificate>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|c| c.certificate.clone())
+            .collect()
+    }
+}

@@ -1,0 +1,276 @@
+//! Inbound HBONE (15008): terminate mTLS for the local workload that was dialled, check the
+//! CONNECT, authorize it, connect to the workload, and keep the connection under policy.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use super::Inner;
+use super::access_log::{ConnectionLog, Direction};
+use super::connections::policy_closed;
+use super::metrics::{Reporter, Traffic};
+use super::outbound::baggage;
+use crate::hbone::{self, IncomingConnect, ServerOptions, Transferred};
+use crate::policy::{ConnectionContext, evaluate};
+use crate::seams::Accepted;
+use crate::state::{Service, TunnelProtocol, Workload};
+
+/// Serves one accepted connection on 15008.
+pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
+    let Accepted {
+        stream,
+        peer,
+        destination,
+    } = accepted;
+    let workload = inner
+        .state
+        .read(|state| inner.local_workload(state, destination.ip()));
+    let Some(workload) = workload.filter(|w| w.protocol == TunnelProtocol::Hbone) else {
+        tracing::warn!(src.addr = %peer, dst.addr = %destination, direction = "inbound", error = "no local HBONE workload at the dialled address", "connection failed");
+        return;
+    };
+    let tls = match inner.certificates.server_config(&workload.identity()).await {
+        Ok(tls) => tls,
+        Err(err) => {
+            tracing::warn!(src.addr = %peer, dst.addr = %destination, direction = "inbound", error = %err, "connection failed");
+            return;
+        }
+    };
+    let options = ServerOptions {
+        handshake_timeout: inner.config.handshake_timeout,
+        drain: inner.drain.clone(),
+        drain_deadline: inner.config.drain_deadline,
+    };
+    let handler_inner = inner.clone();
+    let handler = move |incoming: IncomingConnect| {
+        let inner = handler_inner.clone();
+        let workload = workload.clone();
+        async move { handle_connect(inner, workload, incoming).await }
+    };
+    if let Err(err) =
+        hbone::serve_connection(stream, peer, destination, tls, options, handler).await
+    {
+        let labels = Traffic {
+            reporter: Reporter::Destination,
+            source: None,
+            source_identity: None,
+            destination: None,
+            destination_identity: None,
+            service: None,
+            response_flags: "TLS_FAILURE",
+            mutual_tls: false,
+        }
+        .labels();
+        inner.metrics.failed.get_or_create(&labels).inc();
+        tracing::warn!(src.addr = %peer, dst.addr = %destination, direction = "inbound", error = %err, "connection failed");
+    }
+}
+
+/// Where a CONNECT's authority points on this workload.
+enum Target {
+    Port(u16, Option<Arc<Service>>),
+    Refuse(StatusCode, String),
+}
+
+fn resolve_target(
+    inner: &Inner,
+    workload: &Workload,
+    authority: &str,
+    dialled: SocketAddr,
+) -> Target {
+    if let Ok(addr) = authority.parse::<SocketAddr>() {
+        if addr.ip() != dialled.ip() {
+            return Target::Refuse(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "authority {authority} does not match the dialled address {}",
+                    dialled.ip()
+                ),
+            );
+        }
+        return Target::Port(addr.port(), None);
+    }
+    // A hostname authority names a service this workload backs.
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return Target::Refuse(
+            StatusCode::BAD_REQUEST,
+            format!("malformed authority {authority}"),
+        );
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return Target::Refuse(
+            StatusCode::BAD_REQUEST,
+            format!("malformed authority {authority}"),
+        );
+    };
+    inner.state.read(|state| {
+        let service = workload
+            .services
+            .keys()
+            .filter_map(|key| state.service(key))
+            .find(|s| s.hostname == host);
+        match service {
+            Some(s) => {
+                let mapped = workload
+                    .services
+                    .get(&s.key())
+                    .and_then(|p| p.get(&port))
+                    .or_else(|| s.ports.get(&port))
+                    .copied()
+                    .filter(|p| *p != 0);
+                match mapped {
+                    Some(target) => Target::Port(target, Some(s)),
+                    None => Target::Refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("service {host} has no port {port}"),
+                    ),
+                }
+            }
+            None => Target::Refuse(
+                StatusCode::BAD_REQUEST,
+                format!("{host} is not a service of this workload"),
+            ),
+        }
+    })
+}
+
+async fn handle_connect(inner: Arc<Inner>, workload: Arc<Workload>, incoming: IncomingConnect) {
+    let started = tokio::time::Instant::now();
+    let request = incoming.request.clone();
+    let peer = request.peer;
+    let refuse = |incoming: IncomingConnect, status: StatusCode, flags: &str, reason: &str| {
+        tracing::warn!(src.addr = %peer, src.identity = ?request.peer_identity.as_ref().map(ToString::to_string), dst.hbone_addr = %request.authority, direction = "inbound", status = status.as_u16(), error = %reason, "connection failed");
+        let labels = Traffic {
+            reporter: Reporter::Destination,
+            source: None,
+            source_identity: request.peer_identity.as_ref(),
+            destination: Some(&workload),
+            destination_identity: None,
+            service: None,
+            response_flags: flags,
+            mutual_tls: true,
+        }
+        .labels();
+        inner.metrics.failed.get_or_create(&labels).inc();
+        incoming.refuse(status);
+    };
+
+    let (port, service) =
+        match resolve_target(&inner, &workload, &request.authority, request.destination) {
+            Target::Port(port, service) => (port, service),
+            Target::Refuse(status, reason) => return refuse(incoming, status, "CONNECT", &reason),
+        };
+    let p = inner.config.ports;
+    if [p.outbound, p.inbound_plaintext, p.inbound, p.socks5].contains(&port) {
+        return refuse(
+            incoming,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "CONNECT",
+            &format!("port {port} is a proxy port"),
+        );
+    }
+    let destination_ip = request.destination.ip();
+    let context = ConnectionContext {
+        source_identity: request.peer_identity.clone(),
+        source_ip: peer.ip(),
+        destination_ip,
+        destination_port: port,
+    };
+    let decision = inner.state.read(|state| {
+        let policies = state.policies_for(&workload);
+        evaluate(&context, policies.iter().map(|p| &**p))
+    });
+    if !decision.allowed() {
+        return refuse(
+            incoming,
+            StatusCode::UNAUTHORIZED,
+            "DENY",
+            &decision.to_string(),
+        );
+    }
+    tracing::debug!(src.addr = %peer, %decision, "inbound connection authorized");
+    let tracked = inner.tracker.register(context, workload.uid.clone());
+    let target = SocketAddr::new(destination_ip, port);
+    let upstream = match inner.seams.network.connect(None, target).await {
+        Ok(s) => s,
+        Err(err) => {
+            return refuse(
+                incoming,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "CONNECT",
+                &format!("connect to {target} failed: {err}"),
+            );
+        }
+    };
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&baggage(&workload)) {
+        headers.insert("baggage", v);
+    }
+    let stream = match incoming.accept(headers) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::debug!(%err, "peer went away before the 200");
+            return;
+        }
+    };
+    let source = request.peer_identity.as_ref().and_then(|_| {
+        inner
+            .state
+            .read(|s| s.workload_by_ip(&inner.config.network, peer.ip()))
+    });
+    let destination_identity = workload.identity();
+    let labels = Traffic {
+        reporter: Reporter::Destination,
+        source: source.as_deref(),
+        source_identity: request.peer_identity.as_ref(),
+        destination: Some(&workload),
+        destination_identity: Some(&destination_identity),
+        service: service.as_deref(),
+        response_flags: "-",
+        mutual_tls: true,
+    }
+    .labels();
+    inner.metrics.opened.get_or_create(&labels).inc();
+
+    let mut closed = tracked.closed.clone();
+    let mut terminate = inner.terminate.clone();
+    let result = tokio::select! {
+        biased;
+        () = super::signalled(&mut terminate) => Err("proxy terminated".to_string()),
+        reason = policy_closed(&mut closed) => Err(format!("closed by policy change: {reason}")),
+        r = hbone::copy_bidirectional(stream, upstream) => r.map_err(|e| e.to_string()),
+    };
+    drop(tracked);
+    let (transferred, error) = match result {
+        Ok(t) => (t, None),
+        Err(e) => (Transferred::default(), Some(e)),
+    };
+    inner.metrics.closed.get_or_create(&labels).inc();
+    inner
+        .metrics
+        .received_bytes
+        .get_or_create(&labels)
+        .inc_by(transferred.from_tunnel);
+    inner
+        .metrics
+        .sent_bytes
+        .get_or_create(&labels)
+        .inc_by(transferred.to_tunnel);
+    ConnectionLog {
+        direction: Direction::Inbound,
+        src_addr: peer,
+        dst_addr: request.destination,
+        hbone_authority: Some(&request.authority),
+        source: source.as_deref(),
+        source_identity: request.peer_identity.as_ref(),
+        destination: Some(&workload),
+        destination_identity: Some(&destination_identity),
+        service: service.as_deref(),
+        bytes_sent: transferred.to_tunnel,
+        bytes_recv: transferred.from_tunnel,
+        duration: started.elapsed(),
+        error: error.as_deref(),
+    }
+    .emit();
+}

@@ -1,0 +1,334 @@
+//! The ztunnel: the node L4 proxy. [`run`] is what the binary and the simulator call.
+//!
+//! Listeners: outbound capture (15001), inbound plaintext (15006), inbound HBONE (15008),
+//! SOCKS5 (15080, opt-in), readiness (15021), metrics (15020), admin (15000).
+
+mod access_log;
+mod admin;
+mod certificates;
+mod config;
+mod connections;
+mod inbound;
+mod inbound_plaintext;
+mod metrics;
+mod outbound;
+mod socks5;
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::hbone::Pool;
+use crate::seams::{Accepted, Listener, Seams};
+use crate::state::{State, StateHandle, TunnelProtocol, Workload};
+
+pub use certificates::{
+    CertificateFetchError, CertificateManager, CertificateProvider, LocalCaProvider,
+};
+pub use config::{Config, ConfigError, Ports, parse_duration};
+pub use connections::ConnectionTracker;
+pub use metrics::Metrics;
+
+/// How often idle pooled connections are looked for.
+const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why the ztunnel could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen for {listener} on {address}: {source}")]
+    Bind {
+        listener: &'static str,
+        address: SocketAddr,
+        source: io::Error,
+    },
+}
+
+/// State shared by every task of one ztunnel.
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) seams: Seams,
+    pub(crate) state: StateHandle,
+    pub(crate) certificates: CertificateManager,
+    pub(crate) pool: Pool,
+    pub(crate) metrics: Metrics,
+    pub(crate) tracker: Arc<ConnectionTracker>,
+    pub(crate) drain: watch::Receiver<bool>,
+    pub(crate) terminate: watch::Receiver<bool>,
+    pub(crate) ready: AtomicBool,
+    pub(crate) quit: watch::Sender<bool>,
+}
+
+impl Inner {
+    pub(crate) fn is_local(&self, workload: &Workload) -> bool {
+        self.config.node_name.is_empty() || workload.node == self.config.node_name
+    }
+
+    /// The workload on this node that owns `ip`.
+    pub(crate) fn local_workload(&self, state: &State, ip: IpAddr) -> Option<Arc<Workload>> {
+        state
+            .workload_by_ip(&self.config.network, ip)
+            .filter(|w| self.is_local(w))
+    }
+}
+
+/// The addresses a running ztunnel listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    pub outbound: SocketAddr,
+    pub inbound_plaintext: SocketAddr,
+    pub inbound: SocketAddr,
+    pub socks5: Option<SocketAddr>,
+    pub readiness: SocketAddr,
+    pub metrics: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// A running ztunnel.
+pub struct Ztunnel {
+    inner: Arc<Inner>,
+    addresses: Addresses,
+    drain: watch::Sender<bool>,
+    terminate: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn spawn_accept_loop<F, Fut>(
+    listener: Box<dyn Listener>,
+    mut drain: watch::Receiver<bool>,
+    handler: F,
+) -> JoinHandle<()>
+where
+    F: Fn(Accepted) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        let local = listener.local_addr();
+        loop {
+            tokio::select! {
+                biased;
+                () = signalled(&mut drain) => return,
+                incoming = listener.accept() => match incoming {
+                    Ok(incoming) => {
+                        let handler = handler.clone();
+                        tokio::spawn(async move {
+                            match incoming.await {
+                                Ok(accepted) => handler(accepted).await,
+                                Err(err) => tracing::warn!(%local, %err, "accepted connection lost before it was resolved"),
+                            }
+                        });
+                    }
+                    Err(err) => {
+                        tracing::warn!(%local, %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+            }
+        }
+    })
+}
+
+/// Starts a ztunnel: binds every listener, prefetches certificates for local workloads, and
+/// serves until [`Ztunnel::shutdown`].
+pub async fn run(
+    config: Config,
+    seams: Seams,
+    state: StateHandle,
+    certificates: Arc<dyn CertificateProvider>,
+) -> Result<Ztunnel, StartError> {
+    let (drain_tx, drain) = watch::channel(false);
+    let (terminate_tx, terminate) = watch::channel(false);
+    let inner = Arc::new(Inner {
+        certificates: CertificateManager::new(certificates, seams.clock.clone()),
+        config,
+        seams,
+        state,
+        pool: Pool::new(),
+        metrics: Metrics::default(),
+        tracker: Arc::new(ConnectionTracker::default()),
+        drain,
+        terminate,
+        ready: AtomicBool::new(false),
+        quit: watch::Sender::new(false),
+    });
+
+    let ip = inner.config.listen_ip;
+    let ports = inner.config.ports;
+    let bind = |listener: &'static str, port: u16| {
+        let inner = inner.clone();
+        async move {
+            let address = SocketAddr::new(ip, port);
+            inner
+                .seams
+                .network
+                .bind(address)
+                .await
+                .map_err(|source| StartError::Bind {
+                    listener,
+                    address,
+                    source,
+                })
+        }
+    };
+    let outbound_l = bind("outbound", ports.outbound).await?;
+    let plaintext_l = bind("inbound plaintext", ports.inbound_plaintext).await?;
+    let inbound_l = bind("inbound HBONE", ports.inbound).await?;
+    let socks5_l = if inner.config.enable_socks5 {
+        Some(bind("SOCKS5", ports.socks5).await?)
+    } else {
+        None
+    };
+    let readiness_l = bind("readiness", ports.readiness).await?;
+    let metrics_l = bind("metrics", ports.metrics).await?;
+    let admin_l = bind("admin", ports.admin).await?;
+    let addresses = Addresses {
+        outbound: outbound_l.local_addr(),
+        inbound_plaintext: plaintext_l.local_addr(),
+        inbound: inbound_l.local_addr(),
+        socks5: socks5_l.as_ref().map(|l| l.local_addr()),
+        readiness: readiness_l.local_addr(),
+        metrics: metrics_l.local_addr(),
+        admin: admin_l.local_addr(),
+    };
+
+    let mut tasks = Vec::new();
+    let drain = inner.drain.clone();
+    let i = inner.clone();
+    tasks.push(spawn_accept_loop(outbound_l, drain.clone(), move |a| {
+        outbound::handle_captured(i.clone(), a.stream, a.peer, a.destination)
+    }));
+    let i = inner.clone();
+    tasks.push(spawn_accept_loop(plaintext_l, drain.clone(), move |a| {
+        inbound_plaintext::serve(i.clone(), a)
+    }));
+    let i = inner.clone();
+    tasks.push(spawn_accept_loop(inbound_l, drain.clone(), move |a| {
+        inbound::serve(i.clone(), a)
+    }));
+    if let Some(l) = socks5_l {
+        let i = inner.clone();
+        tasks.push(spawn_accept_loop(l, drain.clone(), move |a| {
+            socks5::serve(i.clone(), a)
+        }));
+    }
+    // The HTTP endpoints stay up through a drain (readiness and metrics must answer).
+    let (_never_tx, never) = watch::channel(false);
+    for (l, endpoint) in [
+        (readiness_l, admin::Endpoint::Readiness),
+        (metrics_l, admin::Endpoint::Metrics),
+        (admin_l, admin::Endpoint::Admin),
+    ] {
+        let i = inner.clone();
+        let mut stop = inner.terminate.clone();
+        let never = never.clone();
+        let accept = spawn_accept_loop(l, never, move |a| admin::serve(i.clone(), endpoint, a));
+        tasks.push(tokio::spawn(async move {
+            let _ = stop.wait_for(|t| *t).await;
+            accept.abort();
+        }));
+    }
+
+    // Re-check open connections whenever the state changes.
+    let i = inner.clone();
+    let mut changes = i.state.subscribe();
+    tasks.push(tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            i.state.read(|state| i.tracker.recheck(state));
+        }
+    }));
+    let i = inner.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(POOL_SWEEP_INTERVAL).await;
+            i.pool.sweep();
+        }
+    }));
+
+    // Prefetch certificates for the workloads this node serves.
+    let local: Vec<_> = inner.state.read(|state| {
+        state
+            .workloads()
+            .filter(|w| inner.is_local(w) && w.protocol == TunnelProtocol::Hbone)
+            .map(|w| w.identity())
+            .collect()
+    });
+    for identity in local {
+        if let Err(err) = inner.certificates.certificate(&identity).await {
+            tracing::warn!(%identity, %err, "certificate prefetch failed");
+        }
+    }
+    inner.ready.store(true, Ordering::Release);
+    tracing::info!(
+        outbound = %addresses.outbound,
+        inbound = %addresses.inbound,
+        inbound_plaintext = %addresses.inbound_plaintext,
+        socks5 = ?addresses.socks5,
+        admin = %addresses.admin,
+        "ztunnel ready"
+    );
+    Ok(Ztunnel {
+        inner,
+        addresses,
+        drain: drain_tx,
+        terminate: terminate_tx,
+        tasks,
+    })
+}
+
+impl Ztunnel {
+    pub fn addresses(&self) -> Addresses {
+        self.addresses
+    }
+
+    /// The state this ztunnel serves from; updates apply immediately.
+    pub fn state(&self) -> &StateHandle {
+        &self.inner.state
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Open inbound connections (HBONE and plaintext).
+    pub fn open_inbound_connections(&self) -> usize {
+        self.inner.tracker.len()
+    }
+
+    pub fn pooled_connections(&self) -> usize {
+        self.inner.pool.connection_count()
+    }
+
+    /// Resolves when `/quitquitquit` is called.
+    pub async fn quit_requested(&self) {
+        let mut quit = self.inner.quit.subscribe();
+        let _ = quit.wait_for(|q| *q).await;
+    }
+
+    /// Graceful drain: stop accepting, GOAWAY on HBONE connections, give open connections the
+    /// drain deadline to finish, then close whatever is left.
+    pub async fn shutdown(self) {
+        self.inner.ready.store(false, Ordering::Release);
+        self.drain.send_replace(true);
+        self.inner.pool.clear();
+        let deadline = tokio::time::Instant::now() + self.inner.config.drain_deadline;
+        while !self.inner.tracker.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.terminate.send_replace(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+        tracing::info!("ztunnel stopped");
+    }
+}
+
+/// Resolves once `signal` is (or becomes) true, or its sender is gone.
+pub(crate) async fn signalled(signal: &mut watch::Receiver<bool>) {
+    let _ = signal.wait_for(|s| *s).await;
+}
