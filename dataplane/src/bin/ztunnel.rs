@@ -32,8 +32,8 @@ fn load_ca(dir: &Path) -> anyhow::Result<LocalCa> {
         let path = dir.join(name);
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
     };
-    Ok(LocalCa::from_pem(&read(ROOT_CERT)?, &read(CA_KEY)?)
-        .with_context(|| format!("loading the local CA from {}", dir.display()))?)
+    LocalCa::from_pem(&read(ROOT_CERT)?, &read(CA_KEY)?)
+        .with_context(|| format!("loading the local CA from {}", dir.display()))
 }
 
 async fn proxy() -> anyhow::Result<()> {

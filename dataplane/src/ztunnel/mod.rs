@@ -98,9 +98,10 @@ pub struct Ztunnel {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Accepts until `stop` turns true, each connection on its own task.
 fn spawn_accept_loop<F, Fut>(
     listener: Box<dyn Listener>,
-    mut drain: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
     handler: F,
 ) -> JoinHandle<()>
 where
@@ -113,7 +114,7 @@ where
         loop {
             tokio::select! {
                 biased;
-                () = signalled(&mut drain) => return,
+                () = signalled(&mut stop) => return,
                 incoming = listener.accept() => match incoming {
                     Ok(incoming) => {
                         let handler = handler.clone();
@@ -218,19 +219,14 @@ pub async fn run(
         }));
     }
     // The HTTP endpoints stay up through a drain (readiness and metrics must answer).
-    let (_never_tx, never) = watch::channel(false);
     for (l, endpoint) in [
         (readiness_l, admin::Endpoint::Readiness),
         (metrics_l, admin::Endpoint::Metrics),
         (admin_l, admin::Endpoint::Admin),
     ] {
         let i = inner.clone();
-        let mut stop = inner.terminate.clone();
-        let never = never.clone();
-        let accept = spawn_accept_loop(l, never, move |a| admin::serve(i.clone(), endpoint, a));
-        tasks.push(tokio::spawn(async move {
-            let _ = stop.wait_for(|t| *t).await;
-            accept.abort();
+        tasks.push(spawn_accept_loop(l, inner.terminate.clone(), move |a| {
+            admin::serve(i.clone(), endpoint, a)
         }));
     }
 

@@ -27,8 +27,6 @@ pub enum OutboundError {
     NoEndpoint { service: String, port: u16 },
     #[error("waypoint {0} could not be resolved")]
     Waypoint(String),
-    #[error("certificate unavailable: {0}")]
-    Certificate(#[from] super::certificates::CertificateFetchError),
     #[error("{0}")]
     Hbone(#[from] HboneError),
     #[error("direct connect to {0} failed: {1}")]
@@ -41,7 +39,7 @@ impl OutboundError {
         match self {
             OutboundError::Hbone(HboneError::Tls(..)) => "TLS_FAILURE",
             OutboundError::Hbone(HboneError::Handshake(..)) => "H2_HANDSHAKE_FAILURE",
-            OutboundError::Certificate(_) => "IDENTITY_ERROR",
+            OutboundError::Hbone(HboneError::Request(_)) => "IDENTITY_ERROR",
             OutboundError::Hbone(HboneError::Status { status, .. })
                 if *status == http::StatusCode::UNAUTHORIZED =>
             {

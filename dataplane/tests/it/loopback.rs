@@ -1,0 +1,224 @@
+//! Two in-process ztunnels on real loopback sockets: traffic, identity and refusals.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dataplane::seams::{Clock, ManualClock, SystemClock};
+
+use super::common::*;
+
+#[tokio::test]
+async fn hbone_between_two_ztunnels_via_socks5() {
+    let pair = Pair::start("").await;
+    // by pod IP and by service VIP
+    for target in [pair.echo(), SocketAddr::new(ip(pair.net, 100), 80)] {
+        let (code, stream) = pair.connect(target).await;
+        assert_eq!(code, 0, "SOCKS5 reply for {target}");
+        let mut s = stream.unwrap();
+        assert_eq!(
+            round_trip(&mut s, b"hello hbone").await.unwrap(),
+            b"hello hbone"
+        );
+    }
+    assert_eq!(
+        pair.a.pooled_connections(),
+        1,
+        "both streams share one HBONE connection"
+    );
+    let (status, metrics) = http_get(pair.b.addresses().metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("istio_tcp_connections_opened_total{reporter=\"destination\"")
+            && metrics.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/web\""),
+        "{metrics}"
+    );
+    let (status, ready) = http_get(pair.a.addresses().readiness, "/healthz/ready").await;
+    assert_eq!((status, ready.as_str()), (200, "ready\n"));
+    let (status, dump) = http_get(pair.b.addresses().admin, "/config_dump").await;
+    assert_eq!(status, 200);
+    assert!(
+        dump.contains("\"identity\": \"spiffe://cluster.local/ns/shop/sa/echo\""),
+        "{dump}"
+    );
+    // the server side's access log names the client's verified identity
+    let src = format!("src.addr={}", ip(pair.net, 2));
+    let line = log_line(&[
+        "\taccess\tconnection complete\t",
+        &src,
+        "direction=\"inbound\"",
+    ])
+    .await;
+    assert!(
+        line.contains("src.identity=\"spiffe://cluster.local/ns/shop/sa/web\""),
+        "{line}"
+    );
+    pair.a.shutdown().await;
+    pair.b.shutdown().await;
+}
+
+#[tokio::test]
+async fn server_presenting_the_wrong_identity_is_refused() {
+    let pair = Pair::start("").await;
+    // node-a believes echo runs as sa/echo-expected; node-b serves it as sa/echo
+    let yaml = topology_yaml(pair.net, "")
+        .replace("serviceAccount: echo\n", "serviceAccount: echo-expected\n");
+    pair.a.state().update(|s| {
+        dataplane::localconfig::LocalConfig::parse(&yaml)
+            .unwrap()
+            .apply_to(s);
+    });
+    let (code, stream) = pair.connect(pair.echo()).await;
+    assert_ne!(code, 0, "a mismatched server identity must not connect");
+    assert!(stream.is_none());
+    log_line(&[
+        "connection failed",
+        "TLS handshake",
+        &pair.echo_hbone().to_string(),
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn client_from_another_trust_domain_is_refused() {
+    let pair = Pair::start("").await;
+    let foreign = dataplane::identity::Identity::new("evil.domain", "shop", "web");
+    let cert = pair.cert(&foreign);
+    let clock: Arc<dyn Clock> = Arc::new(pair.clock.clone());
+    let result = match raw_hbone(
+        ip(pair.net, 2),
+        pair.echo_hbone(),
+        &cert,
+        identity("shop", "echo"),
+        clock,
+    )
+    .await
+    {
+        Ok(mut send) => raw_request(&mut send, connect_request(&pair.echo().to_string())).await,
+        Err(e) => Err(e),
+    };
+    assert!(result.is_err(), "foreign trust domain got {result:?}");
+    log_line(&[
+        "connection failed",
+        "TLS handshake failed",
+        &pair.echo_hbone().to_string(),
+    ])
+    .await;
+    pair.still_serves().await;
+}
+
+#[tokio::test]
+async fn expired_client_certificate_is_refused() {
+    let pair = Pair::start("").await;
+    // A client certificate valid for one hour, presented after the clock moved two hours on.
+    let web = identity("shop", "web");
+    let cert = pair
+        .ca
+        .issue(&web, Duration::from_secs(3600), SystemClock.now())
+        .unwrap();
+    pair.clock.advance(Duration::from_secs(2 * 3600));
+    let client_clock = ManualClock::new(Arc::new(SystemClock));
+    client_clock.advance(Duration::from_secs(2 * 3600));
+    let result = match raw_hbone(
+        ip(pair.net, 2),
+        pair.echo_hbone(),
+        &cert,
+        identity("shop", "echo"),
+        Arc::new(client_clock),
+    )
+    .await
+    {
+        Ok(mut send) => raw_request(&mut send, connect_request(&pair.echo().to_string())).await,
+        Err(e) => Err(e),
+    };
+    assert!(result.is_err(), "expired certificate got {result:?}");
+    let line = log_line(&[
+        "connection failed",
+        &pair.echo_hbone().to_string(),
+        "xpired",
+    ])
+    .await;
+    assert!(line.contains("TLS handshake failed"), "{line}");
+}
+
+#[tokio::test]
+async fn deny_policy_applied_while_open_closes_the_connection() {
+    let pair = Pair::start("").await;
+    let (code, stream) = pair.connect(pair.echo()).await;
+    assert_eq!(code, 0);
+    let mut s = stream.unwrap();
+    assert_eq!(round_trip(&mut s, b"before").await.unwrap(), b"before");
+    assert_eq!(pair.b.open_inbound_connections(), 1);
+
+    let deny = r#"
+policies:
+- name: echo-policy
+  namespace: shop
+  scope: WorkloadSelector
+  action: Deny
+  dryRun: false
+  rules:
+  - - - principals: [!Exact cluster.local/ns/shop/sa/web]
+"#;
+    let policy = dataplane::localconfig::LocalConfig::parse(deny).unwrap();
+    pair.b.state().update(|st| policy.apply_to(st));
+
+    // the open connection is closed: reads end
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "connection still open: {read:?}"
+    );
+    let line = log_line(&[
+        "policy change closes open connection",
+        &ip(pair.net, 2).to_string(),
+    ])
+    .await;
+    assert!(
+        line.contains("explicitly denied by shop/echo-policy rule 0"),
+        "{line}"
+    );
+    // and a new one is refused with "not allowed"
+    let (code, _) = pair.connect(pair.echo()).await;
+    assert_eq!(code, 2, "SOCKS5 reply for a 401 from the server");
+}
+
+#[tokio::test]
+async fn allow_policy_admits_only_its_principals() {
+    let allow = r#"policies:
+- name: echo-policy
+  namespace: shop
+  scope: WorkloadSelector
+  action: Allow
+  dryRun: false
+  rules:
+  - - - principals: [!Exact cluster.local/ns/shop/sa/web]
+        destinationPorts: [8080]
+"#;
+    let pair = Pair::start(allow).await;
+    pair.still_serves().await;
+    // another identity (same trust domain) is refused with 401
+    let other = pair.cert(&identity("shop", "intruder"));
+    let clock: Arc<dyn Clock> = Arc::new(pair.clock.clone());
+    let mut send = raw_hbone(
+        ip(pair.net, 2),
+        pair.echo_hbone(),
+        &other,
+        identity("shop", "echo"),
+        clock,
+    )
+    .await
+    .unwrap();
+    let status = raw_request(&mut send, connect_request(&pair.echo().to_string())).await;
+    assert_eq!(status, Ok(401));
+    let line = log_line(&["status=401", "spiffe://cluster.local/ns/shop/sa/intruder"]).await;
+    assert!(
+        line.contains("allow policies exist, but none allowed"),
+        "{line}"
+    );
+}

@@ -1,0 +1,6 @@
+//! Integration tests for the ztunnel on real loopback sockets, as processes, and for bad input.
+
+mod bad_input;
+mod common;
+mod loopback;
+mod processes;
