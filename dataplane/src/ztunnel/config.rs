@@ -19,6 +19,18 @@ pub struct Ports {
     pub admin: u16,
 }
 
+impl Ports {
+    /// The proxy's own traffic ports: never a destination for proxied traffic (a self-call).
+    pub fn proxy_ports(&self) -> [u16; 4] {
+        [
+            self.outbound,
+            self.inbound_plaintext,
+            self.inbound,
+            self.socks5,
+        ]
+    }
+}
+
 impl Default for Ports {
     fn default() -> Self {
         Ports {

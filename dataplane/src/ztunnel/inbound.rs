@@ -161,8 +161,7 @@ async fn handle_connect(inner: Arc<Inner>, workload: Arc<Workload>, incoming: In
             Target::Port(port, service) => (port, service),
             Target::Refuse(status, reason) => return refuse(incoming, status, "CONNECT", &reason),
         };
-    let p = inner.config.ports;
-    if [p.outbound, p.inbound_plaintext, p.inbound, p.socks5].contains(&port) {
+    if inner.config.ports.proxy_ports().contains(&port) {
         return refuse(
             incoming,
             StatusCode::SERVICE_UNAVAILABLE,

@@ -29,8 +29,12 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
     else {
         return fail("no local workload at the original destination");
     };
-    let p = inner.config.ports;
-    if [p.outbound, p.inbound_plaintext, p.inbound, p.socks5].contains(&destination.port()) {
+    if inner
+        .config
+        .ports
+        .proxy_ports()
+        .contains(&destination.port())
+    {
         return fail("destination is a proxy port");
     }
     let context = ConnectionContext {

@@ -12,6 +12,7 @@ mod inbound;
 mod inbound_plaintext;
 mod metrics;
 mod outbound;
+mod route;
 mod socks5;
 
 use std::future::Future;

@@ -9,24 +9,18 @@ use tokio::io::AsyncWriteExt;
 use super::Inner;
 use super::access_log::{ConnectionLog, Direction};
 use super::metrics::{Reporter, Traffic};
+use super::route::{Route, RouteError, Router};
 use crate::hbone::{self, ConnectHeaders, H2Stream, HboneError, PoolKey, Transferred};
-use crate::identity::Identity;
 use crate::seams::BoxStream;
-use crate::state::{
-    GatewayAddress, GatewayDestination, Service, State, TunnelProtocol, Workload, WorkloadStatus,
-};
+use crate::state::Workload;
 
 /// Why an outbound connection could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
     #[error("no local workload has source address {0}")]
     UnknownSource(std::net::IpAddr),
-    #[error("destination {0} is a proxy-internal loopback port")]
-    Internal(SocketAddr),
-    #[error("service {service} has no healthy endpoint for port {port}")]
-    NoEndpoint { service: String, port: u16 },
-    #[error("waypoint {0} could not be resolved")]
-    Waypoint(String),
+    #[error(transparent)]
+    Route(#[from] RouteError),
     #[error("{0}")]
     Hbone(#[from] HboneError),
     #[error("direct connect to {0} failed: {1}")]
@@ -47,168 +41,6 @@ impl OutboundError {
             }
             _ => "CONNECT",
         }
-    }
-}
-
-/// How the connection will travel.
-#[derive(Debug, Clone)]
-pub(crate) struct Route {
-    /// HBONE (with this authority and these acceptable identities) or plain TCP.
-    hbone: Option<(String, Vec<Identity>)>,
-    /// The TCP address to dial: a peer's 15008 for HBONE, the destination itself otherwise.
-    next_hop: SocketAddr,
-    destination: Option<Arc<Workload>>,
-    service: Option<Arc<Service>>,
-}
-
-fn internal_port(inner: &Inner, port: u16) -> bool {
-    let p = inner.config.ports;
-    [p.outbound, p.inbound_plaintext, p.inbound, p.socks5].contains(&port)
-}
-
-fn target_port(endpoint: &Workload, service: &Service, port: u16) -> Option<u16> {
-    let mapped = endpoint
-        .services
-        .get(&service.key())
-        .and_then(|ports| ports.get(&port))
-        .or_else(|| service.ports.get(&port))
-        .copied()?;
-    (mapped != 0).then_some(mapped)
-}
-
-fn pick_endpoint(
-    inner: &Inner,
-    state: &State,
-    service: &Service,
-    port: u16,
-) -> Option<(Arc<Workload>, u16)> {
-    let candidates: Vec<(Arc<Workload>, u16)> = state
-        .endpoints(&service.key())
-        .into_iter()
-        .filter(|w| w.status == WorkloadStatus::Healthy && !w.workload_ips.is_empty())
-        .filter_map(|w| target_port(&w, service, port).map(|t| (w, t)))
-        .collect();
-    let weights: Vec<u32> = candidates.iter().map(|(w, _)| w.capacity.max(1)).collect();
-    let index = inner.seams.entropy.weighted_index(&weights)?;
-    candidates.into_iter().nth(index)
-}
-
-/// The waypoint's address and identities, unless the source is that waypoint itself.
-fn resolve_waypoint(
-    inner: &Inner,
-    state: &State,
-    waypoint: &GatewayAddress,
-    source: &Workload,
-) -> Result<Option<(SocketAddr, Vec<Identity>)>, OutboundError> {
-    match &waypoint.destination {
-        GatewayDestination::Hostname(name) => {
-            let key = name.key();
-            let service = state
-                .service(&key)
-                .ok_or_else(|| OutboundError::Waypoint(key.clone()))?;
-            if state.endpoints(&key).iter().any(|w| w.uid == source.uid) {
-                return Ok(None);
-            }
-            let (endpoint, port) = pick_endpoint(inner, state, &service, waypoint.hbone_mtls_port)
-                .ok_or_else(|| OutboundError::Waypoint(key.clone()))?;
-            let mut expected = vec![endpoint.identity()];
-            expected.extend(
-                service
-                    .subject_alt_names
-                    .iter()
-                    .filter_map(|s| s.parse().ok()),
-            );
-            Ok(Some((
-                SocketAddr::new(endpoint.workload_ips[0], port),
-                expected,
-            )))
-        }
-        GatewayDestination::Address(addr) => {
-            let endpoint = state
-                .workload_by_ip(&addr.network, addr.address)
-                .ok_or_else(|| OutboundError::Waypoint(addr.address.to_string()))?;
-            if endpoint.uid == source.uid {
-                return Ok(None);
-            }
-            Ok(Some((
-                SocketAddr::new(addr.address, waypoint.hbone_mtls_port),
-                vec![endpoint.identity()],
-            )))
-        }
-    }
-}
-
-/// Decides the route for a connection from `source` to `destination`.
-pub(crate) fn route(
-    inner: &Inner,
-    state: &State,
-    source: &Workload,
-    destination: SocketAddr,
-) -> Result<Route, OutboundError> {
-    if destination.ip().is_loopback() && internal_port(inner, destination.port()) {
-        return Err(OutboundError::Internal(destination));
-    }
-    let network = &inner.config.network;
-    let authority = destination.to_string();
-    if let Some(service) = state.service_by_vip(network, destination.ip()) {
-        if let Some(waypoint) = &service.waypoint
-            && let Some((next_hop, expected)) = resolve_waypoint(inner, state, waypoint, source)?
-        {
-            return Ok(Route {
-                hbone: Some((authority, expected)),
-                next_hop,
-                destination: None,
-                service: Some(service),
-            });
-        }
-        let (endpoint, port) = pick_endpoint(inner, state, &service, destination.port())
-            .ok_or_else(|| OutboundError::NoEndpoint {
-                service: service.hostname.clone(),
-                port: destination.port(),
-            })?;
-        return Ok(endpoint_route(endpoint, port, Some(service)));
-    }
-    if let Some(workload) = state.workload_by_ip(network, destination.ip()) {
-        if let Some(waypoint) = &workload.waypoint
-            && let Some((next_hop, expected)) = resolve_waypoint(inner, state, waypoint, source)?
-        {
-            return Ok(Route {
-                hbone: Some((authority, expected)),
-                next_hop,
-                destination: Some(workload),
-                service: None,
-            });
-        }
-        return Ok(endpoint_route(workload, destination.port(), None));
-    }
-    // Unknown destination: passthrough.
-    Ok(Route {
-        hbone: None,
-        next_hop: destination,
-        destination: None,
-        service: None,
-    })
-}
-
-fn endpoint_route(endpoint: Arc<Workload>, port: u16, service: Option<Arc<Service>>) -> Route {
-    let ip = endpoint.workload_ips[0];
-    let hbone = (endpoint.protocol == TunnelProtocol::Hbone).then(|| {
-        let mut expected = vec![endpoint.identity()];
-        if let Some(s) = &service {
-            expected.extend(s.subject_alt_names.iter().filter_map(|s| s.parse().ok()));
-        }
-        (SocketAddr::new(ip, port).to_string(), expected)
-    });
-    let next_hop = if hbone.is_some() {
-        SocketAddr::new(ip, hbone::HBONE_PORT)
-    } else {
-        SocketAddr::new(ip, port)
-    };
-    Route {
-        hbone,
-        next_hop,
-        destination: Some(endpoint),
-        service,
     }
 }
 
@@ -257,7 +89,13 @@ pub(crate) async fn establish(
         let source = inner
             .local_workload(state, peer.ip())
             .ok_or(OutboundError::UnknownSource(peer.ip()))?;
-        let route = route(inner, state, &source, destination)?;
+        let router = Router {
+            state,
+            network: &inner.config.network,
+            proxy_ports: inner.config.ports.proxy_ports(),
+            entropy: &inner.seams.entropy,
+        };
+        let route = router.route(&source, destination)?;
         Ok::<_, OutboundError>((source, route))
     })?;
     let upstream = match &route.hbone {

@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::Inner;
 use super::outbound::{self, ESTABLISH_TIMEOUT, OutboundError};
+use super::route::RouteError;
 use crate::seams::Accepted;
 
 const VERSION: u8 = 5;
@@ -154,7 +155,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
                 {
                     REPLY_NOT_ALLOWED
                 }
-                OutboundError::NoEndpoint { .. } => REPLY_HOST_UNREACHABLE,
+                OutboundError::Route(RouteError::NoEndpoint { .. }) => REPLY_HOST_UNREACHABLE,
                 _ => REPLY_FAILURE,
             };
             let _ = reply(&mut stream, code).await;

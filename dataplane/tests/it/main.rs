@@ -2,5 +2,7 @@
 
 mod bad_input;
 mod common;
+mod hbone;
 mod loopback;
 mod processes;
+mod simulated;
