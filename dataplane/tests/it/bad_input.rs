@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dataplane::seams::Clock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -57,17 +56,7 @@ async fn tls_without_a_client_certificate() {
 }
 
 async fn raw(pair: &Pair) -> h2::client::SendRequest<bytes::Bytes> {
-    let cert = pair.cert(&identity("shop", "web"));
-    let clock: Arc<dyn Clock> = Arc::new(pair.clock.clone());
-    raw_hbone(
-        ip(pair.net, 2),
-        pair.echo_hbone(),
-        &cert,
-        identity("shop", "echo"),
-        clock,
-    )
-    .await
-    .unwrap()
+    pair.raw_as(&identity("shop", "web")).await.unwrap()
 }
 
 #[tokio::test]

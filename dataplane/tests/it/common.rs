@@ -171,12 +171,13 @@ pub fn identity(ns: &str, sa: &str) -> Identity {
     Identity::new("cluster.local", ns, sa)
 }
 
-/// Reads a metrics page.
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+/// One HTTP/1.1 request on a fresh connection; the status and the body.
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     let status = out
@@ -189,6 +190,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path).await
 }
 
 /// Everything the tests' ztunnels log, in upstream's format, for assertions on log lines.
@@ -350,6 +355,23 @@ impl Pair {
         self.ca
             .issue(id, Duration::from_secs(86_400), self.clock.now())
             .unwrap()
+    }
+
+    /// A hand-rolled HBONE connection from web's address to echo's 15008, presenting `id`.
+    pub async fn raw_as(
+        &self,
+        id: &Identity,
+    ) -> Result<h2::client::SendRequest<bytes::Bytes>, String> {
+        let cert = self.cert(id);
+        let clock: Arc<dyn Clock> = Arc::new(self.clock.clone());
+        raw_hbone(
+            ip(self.net, 2),
+            self.echo_hbone(),
+            &cert,
+            identity("shop", "echo"),
+            clock,
+        )
+        .await
     }
 
     /// Proves the server still serves a well-behaved client.

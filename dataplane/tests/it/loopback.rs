@@ -83,17 +83,7 @@ async fn server_presenting_the_wrong_identity_is_refused() {
 async fn client_from_another_trust_domain_is_refused() {
     let pair = Pair::start("").await;
     let foreign = dataplane::identity::Identity::new("evil.domain", "shop", "web");
-    let cert = pair.cert(&foreign);
-    let clock: Arc<dyn Clock> = Arc::new(pair.clock.clone());
-    let result = match raw_hbone(
-        ip(pair.net, 2),
-        pair.echo_hbone(),
-        &cert,
-        identity("shop", "echo"),
-        clock,
-    )
-    .await
-    {
+    let result = match pair.raw_as(&foreign).await {
         Ok(mut send) => raw_request(&mut send, connect_request(&pair.echo().to_string())).await,
         Err(e) => Err(e),
     };
@@ -203,17 +193,7 @@ async fn allow_policy_admits_only_its_principals() {
     let pair = Pair::start(allow).await;
     pair.still_serves().await;
     // another identity (same trust domain) is refused with 401
-    let other = pair.cert(&identity("shop", "intruder"));
-    let clock: Arc<dyn Clock> = Arc::new(pair.clock.clone());
-    let mut send = raw_hbone(
-        ip(pair.net, 2),
-        pair.echo_hbone(),
-        &other,
-        identity("shop", "echo"),
-        clock,
-    )
-    .await
-    .unwrap();
+    let mut send = pair.raw_as(&identity("shop", "intruder")).await.unwrap();
     let status = raw_request(&mut send, connect_request(&pair.echo().to_string())).await;
     assert_eq!(status, Ok(401));
     let line = log_line(&["status=401", "spiffe://cluster.local/ns/shop/sa/intruder"]).await;

@@ -115,7 +115,7 @@ async fn two_ztunnel_processes_carry_hbone() {
         "server access log: {found:?}"
     );
     // /quitquitquit drains and exits cleanly
-    let (status, _) = http_post(SocketAddr::new(ip(net, 3), 15000), "/quitquitquit").await;
+    let (status, _) = http(SocketAddr::new(ip(net, 3), 15000), "POST", "/quitquitquit").await;
     assert_eq!(status, 200);
     let mut b = b;
     let mut exited = None;
@@ -128,27 +128,6 @@ async fn two_ztunnel_processes_carry_hbone() {
     }
     assert!(exited.is_some_and(|c| c.success()), "exit: {exited:?}");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-async fn http_post(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, out)
 }
 
 #[test]
