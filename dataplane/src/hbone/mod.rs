@@ -13,7 +13,7 @@ use std::time::Duration;
 pub use client::{ConnectHeaders, HboneError, connect_stream, open_connection};
 pub use pool::{Lease, Pool, PoolKey};
 pub use server::{ConnectRequest, IncomingConnect, ServerOptions, serve_connection};
-pub use stream::{H2Stream, Transferred, copy_bidirectional};
+pub use stream::{ByteCounts, Counted, H2Stream, copy_bidirectional};
 
 /// The port ztunnels and waypoints accept HBONE on.
 pub const HBONE_PORT: u16 = 15008;

@@ -5,10 +5,14 @@
 
 use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Size of one read from the TCP side.
 const READ_CHUNK: usize = 64 * 1024;
@@ -19,13 +23,88 @@ pub struct H2Stream {
     pub(crate) recv: RecvStream,
 }
 
-/// Bytes moved by a tunnel.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Transferred {
-    /// From the TCP side into the tunnel.
-    pub to_tunnel: u64,
-    /// From the tunnel out to the TCP side.
-    pub from_tunnel: u64,
+/// Bytes read from and written to one side of a relay, kept as they flow so that a relay that
+/// ends in an error still reports what it moved.
+#[derive(Debug, Default)]
+pub struct ByteCounts {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+impl ByteCounts {
+    /// Bytes read from the wrapped stream.
+    pub fn read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written to the wrapped stream.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
+
+/// A stream that counts the bytes through it (one atomic add per I/O call, not per byte).
+pub struct Counted<S> {
+    inner: S,
+    counts: Arc<ByteCounts>,
+}
+
+impl<S> Counted<S> {
+    pub fn new(inner: S, counts: Arc<ByteCounts>) -> Self {
+        Counted { inner, counts }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        self.counts.read.fetch_add(n as u64, Ordering::Relaxed);
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            self.counts.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = result {
+            self.counts.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 fn h2_io(err: h2::Error) -> io::Error {
@@ -48,9 +127,8 @@ fn is_graceful_reset(err: &h2::Error) -> bool {
 async fn tcp_to_h2<R: AsyncRead + Unpin>(
     mut tcp: R,
     send: &mut SendStream<Bytes>,
-) -> io::Result<u64> {
+) -> io::Result<()> {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut total = 0u64;
     loop {
         if buf.capacity() < READ_CHUNK / 4 {
             // Reclaims the previous allocation once h2 has written it out.
@@ -58,17 +136,19 @@ async fn tcp_to_h2<R: AsyncRead + Unpin>(
         }
         let n = tcp.read_buf(&mut buf).await?;
         if n == 0 {
-            // Half-close: END_STREAM on an empty DATA frame.
-            send.send_data(Bytes::new(), true).map_err(h2_io)?;
-            return Ok(total);
+            // Half-close: END_STREAM on an empty DATA frame. If the peer already reset the
+            // stream there is nobody left to tell, and nothing was lost.
+            if let Err(err) = send.send_data(Bytes::new(), true) {
+                tracing::debug!(%err, "END_STREAM not sent: stream already closed");
+            }
+            return Ok(());
         }
-        total += n as u64;
         let mut chunk = buf.split().freeze();
         while !chunk.is_empty() {
             send.reserve_capacity(chunk.len());
             let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
                 Some(Ok(granted)) => granted,
-                Some(Err(err)) if is_graceful_reset(&err) => return Ok(total),
+                Some(Err(err)) if is_graceful_reset(&err) => return Ok(()),
                 Some(Err(err)) => return Err(h2_io(err)),
                 None => return Err(io::Error::new(io::ErrorKind::BrokenPipe, "stream closed")),
             };
@@ -78,43 +158,70 @@ async fn tcp_to_h2<R: AsyncRead + Unpin>(
     }
 }
 
-async fn h2_to_tcp<W: AsyncWrite + Unpin>(recv: &mut RecvStream, mut tcp: W) -> io::Result<u64> {
-    let mut total = 0u64;
+/// How the tunnel-to-TCP direction ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// END_STREAM: the peer half-closed; the other direction may go on.
+    EndStream,
+    /// RST_STREAM NO_ERROR/CANCEL: the stream is over in both directions.
+    Reset,
+}
+
+async fn h2_to_tcp<W: AsyncWrite + Unpin>(recv: &mut RecvStream, mut tcp: W) -> io::Result<Ended> {
+    let mut ended = Ended::EndStream;
     while let Some(chunk) = recv.data().await {
         let chunk = match chunk {
             Ok(chunk) => chunk,
-            Err(err) if is_graceful_reset(&err) => break,
+            Err(err) if is_graceful_reset(&err) => {
+                ended = Ended::Reset;
+                break;
+            }
             Err(err) => return Err(h2_io(err)),
         };
         tcp.write_all(&chunk).await?;
-        total += chunk.len() as u64;
         recv.flow_control()
             .release_capacity(chunk.len())
             .map_err(h2_io)?;
     }
     tcp.shutdown().await?;
-    Ok(total)
+    Ok(ended)
 }
 
 /// Copies both ways until both directions have closed, or either fails. Half-closes are
-/// carried across: TCP EOF becomes END_STREAM and END_STREAM becomes a TCP write shutdown.
-pub async fn copy_bidirectional<S>(stream: H2Stream, tcp: S) -> io::Result<Transferred>
+/// carried across: TCP EOF becomes END_STREAM and END_STREAM becomes a TCP write shutdown; a
+/// graceful reset from the peer ends both directions. Wrap `tcp` in [`Counted`] to know how
+/// many bytes moved.
+pub async fn copy_bidirectional<S>(stream: H2Stream, tcp: S) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let H2Stream { mut send, mut recv } = stream;
     let (read_half, write_half) = tokio::io::split(tcp);
-    let up = tcp_to_h2(read_half, &mut send);
-    let down = h2_to_tcp(&mut recv, write_half);
-    let result = futures_util::future::try_join(up, down).await;
-    match result {
-        Ok((to_tunnel, from_tunnel)) => Ok(Transferred {
-            to_tunnel,
-            from_tunnel,
-        }),
-        Err(err) => {
-            send.send_reset(h2::Reason::CANCEL);
-            Err(err)
+    let result = {
+        let up = tcp_to_h2(read_half, &mut send);
+        let down = h2_to_tcp(&mut recv, write_half);
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut down, if !down_done => match r {
+                    Ok(Ended::Reset) => break Ok(()),
+                    Ok(Ended::EndStream) => down_done = true,
+                    Err(e) => break Err(e),
+                },
+                r = &mut up, if !up_done => match r {
+                    Ok(()) => up_done = true,
+                    Err(e) => break Err(e),
+                },
+            }
+            if up_done && down_done {
+                break Ok(());
+            }
         }
+    };
+    if result.is_err() {
+        send.send_reset(h2::Reason::CANCEL);
     }
+    result
 }

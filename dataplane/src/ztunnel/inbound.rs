@@ -11,7 +11,7 @@ use super::access_log::{ConnectionLog, Direction};
 use super::connections::policy_closed;
 use super::metrics::{Reporter, Traffic};
 use super::outbound::baggage;
-use crate::hbone::{self, IncomingConnect, ServerOptions, Transferred};
+use crate::hbone::{self, ByteCounts, Counted, IncomingConnect, ServerOptions};
 use crate::policy::{ConnectionContext, evaluate};
 use crate::seams::Accepted;
 use crate::state::{Service, TunnelProtocol, Workload};
@@ -232,30 +232,26 @@ async fn handle_connect(inner: Arc<Inner>, workload: Arc<Workload>, incoming: In
     .labels();
     inner.metrics.opened.get_or_create(&labels).inc();
 
+    let counts = Arc::new(ByteCounts::default());
     let mut closed = tracked.closed.clone();
     let mut terminate = inner.terminate.clone();
     let result = tokio::select! {
         biased;
         () = super::signalled(&mut terminate) => Err("proxy terminated".to_string()),
         reason = policy_closed(&mut closed) => Err(format!("closed by policy change: {reason}")),
-        r = hbone::copy_bidirectional(stream, upstream) => r.map_err(|e| e.to_string()),
+        r = hbone::copy_bidirectional(stream, Counted::new(upstream, counts.clone())) => r.map_err(|e| e.to_string()),
     };
     drop(tracked);
-    let (transferred, error) = match result {
-        Ok(t) => (t, None),
-        Err(e) => (Transferred::default(), Some(e)),
-    };
+    let error = result.err();
+    // Written to the workload came from the client; read from it went back.
+    let (received, sent) = (counts.written(), counts.read());
     inner.metrics.closed.get_or_create(&labels).inc();
     inner
         .metrics
         .received_bytes
         .get_or_create(&labels)
-        .inc_by(transferred.from_tunnel);
-    inner
-        .metrics
-        .sent_bytes
-        .get_or_create(&labels)
-        .inc_by(transferred.to_tunnel);
+        .inc_by(received);
+    inner.metrics.sent_bytes.get_or_create(&labels).inc_by(sent);
     ConnectionLog {
         direction: Direction::Inbound,
         src_addr: peer,
@@ -266,8 +262,8 @@ async fn handle_connect(inner: Arc<Inner>, workload: Arc<Workload>, incoming: In
         destination: Some(&workload),
         destination_identity: Some(&destination_identity),
         service: service.as_deref(),
-        bytes_sent: transferred.to_tunnel,
-        bytes_recv: transferred.from_tunnel,
+        bytes_sent: sent,
+        bytes_recv: received,
         duration: started.elapsed(),
         error: error.as_deref(),
     }

@@ -10,6 +10,7 @@ use super::Inner;
 use super::access_log::{ConnectionLog, Direction};
 use super::connections::policy_closed;
 use super::metrics::{Reporter, Traffic};
+use crate::hbone::{ByteCounts, Counted};
 use crate::policy::{ConnectionContext, evaluate};
 use crate::seams::Accepted;
 
@@ -66,8 +67,9 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
         return fail(&decision.to_string());
     }
     let tracked = inner.tracker.register(context, workload.uid.clone());
+    let counts = Arc::new(ByteCounts::default());
     let mut upstream = match inner.seams.network.connect(None, destination).await {
-        Ok(s) => s,
+        Ok(s) => Counted::new(s, counts.clone()),
         Err(err) => {
             inner.metrics.failed.get_or_create(&labels("CONNECT")).inc();
             return fail(&format!("connect to {destination} failed: {err}"));
@@ -81,13 +83,11 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
         biased;
         () = super::signalled(&mut terminate) => Err("proxy terminated".to_string()),
         reason = policy_closed(&mut closed) => Err(format!("closed by policy change: {reason}")),
-        r = tokio::io::copy_bidirectional(&mut stream, &mut upstream) => r.map_err(|e| e.to_string()),
+        r = tokio::io::copy_bidirectional(&mut stream, &mut upstream) => r.map(|_| ()).map_err(|e| e.to_string()),
     };
     drop(tracked);
-    let ((recv, sent), error) = match result {
-        Ok(t) => (t, None),
-        Err(e) => ((0, 0), Some(e)),
-    };
+    let error = result.err();
+    let (recv, sent) = (counts.written(), counts.read());
     inner.metrics.closed.get_or_create(&labels).inc();
     inner
         .metrics

@@ -10,7 +10,7 @@ use super::Inner;
 use super::access_log::{ConnectionLog, Direction};
 use super::metrics::{Reporter, Traffic};
 use super::route::{Route, RouteError, Router};
-use crate::hbone::{self, ConnectHeaders, H2Stream, HboneError, PoolKey, Transferred};
+use crate::hbone::{self, ByteCounts, ConnectHeaders, Counted, H2Stream, HboneError, PoolKey};
 use crate::seams::BoxStream;
 use crate::state::Workload;
 
@@ -186,17 +186,15 @@ pub(crate) async fn relay(
     let labels = traffic.labels();
     inner.metrics.opened.get_or_create(&labels).inc();
     let mut terminate = inner.terminate.clone();
+    let counts = Arc::new(ByteCounts::default());
+    let mut downstream = Counted::new(downstream, counts.clone());
     let copy = async {
         match upstream {
             Upstream::Hbone(stream, _lease) => hbone::copy_bidirectional(stream, downstream).await,
             Upstream::Direct(mut up) => {
-                let mut down = downstream;
-                let (a, b) = tokio::io::copy_bidirectional(&mut down, &mut up).await?;
+                tokio::io::copy_bidirectional(&mut downstream, &mut up).await?;
                 let _ = up.shutdown().await;
-                Ok(Transferred {
-                    to_tunnel: a,
-                    from_tunnel: b,
-                })
+                Ok(())
             }
         }
     };
@@ -205,21 +203,20 @@ pub(crate) async fn relay(
         () = super::signalled(&mut terminate) => Err(std::io::Error::other("proxy terminated")),
         r = copy => r,
     };
-    let (transferred, error) = match result {
-        Ok(t) => (t, None),
-        Err(e) => (Transferred::default(), Some(e.to_string())),
-    };
+    let error = result.err().map(|e| e.to_string());
+    // From the client: sent towards the destination; written back: received from it.
+    let (sent, received) = (counts.read(), counts.written());
     inner.metrics.closed.get_or_create(&labels).inc();
     inner
         .metrics
         .received_bytes
         .get_or_create(&labels)
-        .inc_by(transferred.to_tunnel);
+        .inc_by(sent);
     inner
         .metrics
         .sent_bytes
         .get_or_create(&labels)
-        .inc_by(transferred.from_tunnel);
+        .inc_by(received);
     ConnectionLog {
         direction: Direction::Outbound,
         src_addr: peer,
@@ -230,8 +227,8 @@ pub(crate) async fn relay(
         destination: route.destination.as_deref(),
         destination_identity: destination_identity.as_ref().filter(|_| mtls),
         service: route.service.as_deref(),
-        bytes_sent: transferred.to_tunnel,
-        bytes_recv: transferred.from_tunnel,
+        bytes_sent: sent,
+        bytes_recv: received,
         duration: started.elapsed(),
         error: error.as_deref(),
     }

@@ -173,6 +173,10 @@ policies:
         line.contains("explicitly denied by shop/echo-policy rule 0"),
         "{line}"
     );
+    // the access log keeps the bytes the connection moved before it was closed
+    let src = format!("src.addr={}", ip(pair.net, 2));
+    let line = log_line(&["connection complete", "closed by policy change", &src]).await;
+    assert!(line.contains("bytes_sent=6 bytes_recv=6"), "{line}");
     // and a new one is refused with "not allowed"
     let (code, _) = pair.connect(pair.echo()).await;
     assert_eq!(code, 2, "SOCKS5 reply for a 401 from the server");

@@ -1,0 +1,128 @@
+//! The event trace: what happened, where and when, in order, and a stable hash of it.
+//!
+//! The hash is the replay check: the same scenario under the same seed must produce the same
+//! events at the same simulated times, so the same hash. It is computed with FNV-1a over the
+//! rendered lines, never with `DefaultHasher` (randomly keyed per process) or anything that
+//! iterates a `HashMap`.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// One thing that happened during a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Simulated time since the start of the run.
+    pub at: Duration,
+    /// The turmoil host it happened on (`sim` for the driver itself).
+    pub host: String,
+    /// What happened, in words.
+    pub what: String,
+}
+
+impl fmt::Display for Event {
+    /// `<ms>ms <host> <what>`: the form that is printed and hashed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms {} {}", self.at.as_millis(), self.host, self.what)
+    }
+}
+
+/// A shared, append-only event log. Clones append to the same log, so every host and the
+/// driver can hold one.
+#[derive(Debug, Clone, Default)]
+pub struct Trace {
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl Trace {
+    /// An empty trace for one run.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `what` on `host` at the current simulated time of the running host.
+    ///
+    /// Outside a host (in the driver) turmoil has no current time; use [`Trace::record_at`].
+    pub fn record(&self, host: &str, what: impl Into<String>) {
+        let at = turmoil::sim_elapsed().unwrap_or_default();
+        self.record_at(at, host, what);
+    }
+
+    /// Records `what` on `host` at an explicit simulated time.
+    pub fn record_at(&self, at: Duration, host: &str, what: impl Into<String>) {
+        let event = Event {
+            at,
+            host: host.to_string(),
+            what: what.into(),
+        };
+        self.lock().push(event);
+    }
+
+    /// A copy of every event so far, in the order they were recorded.
+    pub fn events(&self) -> Vec<Event> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// FNV-1a 64-bit offset basis.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a 64-bit prime.
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// Folds `bytes` into an FNV-1a 64 state (start from [`FNV_OFFSET`]).
+fn fnv1a64_extend(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    hash
+}
+
+/// FNV-1a 64 of `bytes`: small, fixed and the same on every platform and in every process.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    fnv1a64_extend(FNV_OFFSET, bytes)
+}
+
+/// The trace hash: FNV-1a 64 over every event rendered as `<ms>ms <host> <what>\n`.
+pub fn hash_events(events: &[Event]) -> u64 {
+    events.iter().fold(FNV_OFFSET, |hash, event| {
+        let line = format!("{event}\n");
+        fnv1a64_extend(hash, line.as_bytes())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a64_matches_published_vectors() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn hash_covers_order_time_and_host() {
+        let e = |ms, host: &str, what: &str| Event {
+            at: Duration::from_millis(ms),
+            host: host.into(),
+            what: what.into(),
+        };
+        let base = [e(1, "a", "x"), e(2, "b", "y")];
+        let h = hash_events(&base);
+        assert_eq!(h, hash_events(&base.clone()));
+        assert_ne!(h, hash_events(&[e(2, "b", "y"), e(1, "a", "x")]));
+        assert_ne!(h, hash_events(&[e(1, "a", "x"), e(3, "b", "y")]));
+        assert_ne!(h, hash_events(&[e(1, "a", "x"), e(2, "a", "y")]));
+        assert_eq!(
+            hash_events(&base),
+            fnv1a64(b"1ms a x\n2ms b y\n"),
+            "the hash is over the rendered lines"
+        );
+    }
+}
