@@ -14,7 +14,7 @@ use tokio_rustls::TlsConnector;
 use super::stream::H2Stream;
 use super::{
     CLIENT_MAX_HEADER_LIST, CONNECTION_WINDOW, MAX_FRAME_SIZE, PING_INTERVAL, PING_TIMEOUT,
-    STREAM_WINDOW, keepalive,
+    STREAM_WINDOW, TLS_BUFFER_LIMIT, keepalive,
 };
 use crate::seams::Network;
 
@@ -84,10 +84,11 @@ pub async fn open_connection(
         .map_err(|e| HboneError::Connect(destination, e))?;
     // No SNI is sent (the config disables it); the name only satisfies the API.
     let name = ServerName::IpAddress(destination.ip().into());
-    let tls_stream = TlsConnector::from(tls)
+    let mut tls_stream = TlsConnector::from(tls)
         .connect(name, tcp)
         .await
         .map_err(|e| HboneError::Tls(destination, e))?;
+    tls_stream.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
     let (send, connection) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)

@@ -37,5 +37,8 @@ pub const SERVER_SEND_BUFFER: usize = 400 * 1024;
 pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 /// A connection whose PING is not answered within this is dropped.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Plaintext rustls may hold before a write blocks: several full frames, so h2's writes are
+/// never cut into runt TLS records.
+pub const TLS_BUFFER_LIMIT: usize = 256 * 1024;
 /// Pooled connections unused this long are released.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);

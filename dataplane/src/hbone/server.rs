@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use super::stream::H2Stream;
 use super::{
     CONNECTION_WINDOW, MAX_FRAME_SIZE, PING_INTERVAL, PING_TIMEOUT, SERVER_MAX_HEADER_LIST,
-    SERVER_MAX_STREAMS, SERVER_SEND_BUFFER, STREAM_WINDOW, keepalive,
+    SERVER_MAX_STREAMS, SERVER_SEND_BUFFER, STREAM_WINDOW, TLS_BUFFER_LIMIT, keepalive,
 };
 use crate::identity::{Identity, peer_identity};
 use crate::seams::BoxStream;
@@ -119,10 +119,11 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let timeout = options.handshake_timeout;
-    let tls_stream = tokio::time::timeout(timeout, TlsAcceptor::from(tls).accept(stream))
+    let mut tls_stream = tokio::time::timeout(timeout, TlsAcceptor::from(tls).accept(stream))
         .await
         .map_err(|_| ServeError::TlsTimeout(timeout))?
         .map_err(ServeError::Tls)?;
+    tls_stream.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
     let identity = peer_identity(tls_stream.get_ref().1);
     let handshake = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)

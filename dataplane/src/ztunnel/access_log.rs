@@ -83,6 +83,9 @@ impl ConnectionLog<'_> {
 
     /// Writes the line: INFO on success, ERROR on failure.
     pub fn emit(&self) {
+        if !tracing::enabled!(target: "access", tracing::Level::ERROR) {
+            return;
+        }
         let fields = self.fields();
         if self.error.is_some() {
             tracing::error!(target: "access", "connection complete\t{fields}");
