@@ -62,9 +62,10 @@ fn is_host_span(meta: &Metadata<'_>) -> bool {
     meta.is_span() && meta.name() == "node" && meta.target().starts_with("turmoil")
 }
 
-/// Dataplane events at INFO and above, and the access log.
+/// Dataplane events at INFO and above, and the access log. Not only events: the `enabled!`
+/// checks the production code makes before building a costly line (hints) must pass too.
 fn is_recorded_event(meta: &Metadata<'_>) -> bool {
-    meta.is_event()
+    !meta.is_span()
         && *meta.level() <= Level::INFO
         && (meta.target().starts_with("dataplane") || meta.target() == "access")
 }

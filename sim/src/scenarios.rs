@@ -123,7 +123,23 @@ fn check_basic_mtls(out: &RunOutput) -> Result<(), String> {
         }
     }
     no_plaintext_between_nodes(out, &[BASIC_BY_POD_IP, BASIC_BY_VIP])?;
-    only_hbone_between_nodes(out)
+    only_hbone_between_nodes(out)?;
+    access_logged(out, NODE_B, "spiffe://cluster.local/ns/shop/sa/web")
+}
+
+/// The node's ztunnel wrote an access-log line for an mTLS connection from `identity`.
+fn access_logged(out: &RunOutput, node: &str, identity: &str) -> Result<(), String> {
+    let identity = format!("src.identity=\"{identity}\"");
+    let logged = out.events.iter().any(|e| {
+        e.host == node && e.what.contains("connection complete") && e.what.contains(&identity)
+    });
+    if logged {
+        Ok(())
+    } else {
+        Err(format!(
+            "{node}'s ztunnel wrote no access log for {identity}"
+        ))
+    }
 }
 
 /// **strict-refuses-plaintext** proves that PeerAuthentication STRICT, as istiod converts it
