@@ -88,7 +88,10 @@ pub async fn open_connection(
         .connect(name, tcp)
         .await
         .map_err(|e| HboneError::Tls(destination, e))?;
-    tls_stream.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+    tls_stream
+        .get_mut()
+        .1
+        .set_buffer_limit(Some(TLS_BUFFER_LIMIT));
     let (send, connection) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)

@@ -123,7 +123,10 @@ where
         .await
         .map_err(|_| ServeError::TlsTimeout(timeout))?
         .map_err(ServeError::Tls)?;
-    tls_stream.get_mut().1.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+    tls_stream
+        .get_mut()
+        .1
+        .set_buffer_limit(Some(TLS_BUFFER_LIMIT));
     let identity = peer_identity(tls_stream.get_ref().1);
     let handshake = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
