@@ -168,3 +168,12 @@ fn malformed_local_config_stops_startup_naming_the_field() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_readme_example_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/two-nodes.yaml");
+    let config = dataplane::localconfig::LocalConfig::load(&path).unwrap();
+    assert_eq!(config.workloads.len(), 2);
+    assert_eq!(config.services[0].hostname, "echo.shop.svc.cluster.local");
+    assert_eq!(config.policies[0].key(), "shop/echo-from-web");
+}
