@@ -157,3 +157,76 @@ impl CertificateManager {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seams::{ManualClock, SystemClock};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts fetches and can be told to fail, around a real local CA.
+    struct Flaky {
+        inner: LocalCaProvider,
+        fetches: AtomicUsize,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl CertificateProvider for Flaky {
+        fn fetch(
+            &self,
+            identity: &Identity,
+        ) -> BoxFuture<'_, Result<WorkloadCertificate, CertificateFetchError>> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            if self.failing.load(Ordering::SeqCst) {
+                let err = CertificateFetchError::Issue {
+                    identity: identity.clone(),
+                    reason: "CA unavailable".into(),
+                };
+                return Box::pin(async move { Err(err) });
+            }
+            self.inner.fetch(identity)
+        }
+    }
+
+    fn setup() -> (ManualClock, Arc<Flaky>, CertificateManager) {
+        let clock = ManualClock::new(Arc::new(SystemClock));
+        let ca = LocalCa::generate("cluster.local", clock.now()).unwrap();
+        let provider = Arc::new(Flaky {
+            inner: LocalCaProvider::new(ca, Duration::from_secs(3600), Arc::new(clock.clone())),
+            fetches: AtomicUsize::new(0),
+            failing: Default::default(),
+        });
+        let manager = CertificateManager::new(provider.clone(), Arc::new(clock.clone()));
+        (clock, provider, manager)
+    }
+
+    #[tokio::test]
+    async fn cached_until_half_life_then_renewed() {
+        let (clock, provider, manager) = setup();
+        let id = Identity::new("cluster.local", "shop", "web");
+        let first = manager.certificate(&id).await.unwrap();
+        let again = manager.certificate(&id).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(provider.fetches.load(Ordering::SeqCst), 1);
+        // past half of the one-hour lifetime (plus the 60 s backdate), a new one is fetched
+        clock.advance(Duration::from_secs(31 * 60));
+        let renewed = manager.certificate(&id).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &renewed));
+        assert!(renewed.not_after() > first.not_after());
+        assert_eq!(provider.fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn keeps_the_last_good_certificate_while_valid_then_fails() {
+        let (clock, provider, manager) = setup();
+        let id = Identity::new("cluster.local", "shop", "web");
+        let first = manager.certificate(&id).await.unwrap();
+        provider.failing.store(true, Ordering::SeqCst);
+        clock.advance(Duration::from_secs(40 * 60));
+        let kept = manager.certificate(&id).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &kept), "still valid: keep serving it");
+        clock.advance(Duration::from_secs(30 * 60));
+        let err = manager.certificate(&id).await.unwrap_err();
+        assert!(err.to_string().contains("CA unavailable"), "{err}");
+    }
+}

@@ -206,3 +206,71 @@ async fn allow_policy_admits_only_its_principals() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn admin_explains_what_policy_would_decide() {
+    let allow = r#"policies:
+- name: echo-policy
+  namespace: shop
+  scope: WorkloadSelector
+  action: Allow
+  dryRun: false
+  rules:
+  - - - principals: [!Exact cluster.local/ns/shop/sa/web]
+"#;
+    let pair = Pair::start(allow).await;
+    let (web, echo) = (ip(pair.net, 2), ip(pair.net, 3));
+    let query = |id: &str| {
+        format!(
+            "/debug/authorize?src={web}&dst={echo}&port=8080&identity=spiffe://cluster.local/ns/shop/sa/{id}"
+        )
+    };
+    let (status, body) = http_get(pair.b.addresses().admin, &query("web")).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"allowed\": true") && body.contains("allowed by shop/echo-policy rule 0"),
+        "{body}"
+    );
+    let (_, body) = http_get(pair.b.addresses().admin, &query("other")).await;
+    assert!(
+        body.contains("\"allowed\": false") && body.contains("none allowed"),
+        "{body}"
+    );
+    let (status, _) = http_get(pair.b.addresses().admin, "/debug/authorize?src=nope").await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn socks5_resolves_service_hostnames() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pair = Pair::start("").await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(ip(pair.net, 2), 0)).unwrap();
+    let mut s = socket
+        .connect(pair.a.addresses().socks5.unwrap())
+        .await
+        .unwrap();
+    let host = b"echo.shop.svc.cluster.local";
+    let mut hello = vec![5, 1, 0, 5, 1, 0, 3, host.len() as u8];
+    hello.extend_from_slice(host);
+    hello.extend_from_slice(&80u16.to_be_bytes());
+    s.write_all(&hello).await.unwrap();
+    let mut reply = [0u8; 12];
+    s.read_exact(&mut reply).await.unwrap();
+    assert_eq!((reply[2], reply[3]), (5, 0), "{reply:?}");
+    assert_eq!(round_trip(&mut s, b"by name").await.unwrap(), b"by name");
+    // an unknown name is "host unreachable"
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(ip(pair.net, 2), 0)).unwrap();
+    let mut s = socket
+        .connect(pair.a.addresses().socks5.unwrap())
+        .await
+        .unwrap();
+    let mut hello = vec![5, 1, 0, 5, 1, 0, 3, 4];
+    hello.extend_from_slice(b"nope");
+    hello.extend_from_slice(&80u16.to_be_bytes());
+    s.write_all(&hello).await.unwrap();
+    let mut reply = [0u8; 12];
+    s.read_exact(&mut reply).await.unwrap();
+    assert_eq!((reply[2], reply[3]), (5, 4), "{reply:?}");
+}
