@@ -70,6 +70,8 @@ async fn non_connect_method_gets_400() {
         .unwrap();
     assert_eq!(raw_request(&mut send, get).await, Ok(400));
     log_line(&["not a CONNECT", "method=GET"]).await;
+    // the server advertised upstream's SETTINGS_MAX_CONCURRENT_STREAMS
+    assert_eq!(send.current_max_send_streams(), 200);
     // the same HTTP/2 connection still carries a good CONNECT
     assert_eq!(
         raw_request(&mut send, connect_request(&pair.echo().to_string())).await,
@@ -101,6 +103,13 @@ async fn malformed_or_mismatched_authority_gets_400() {
         raw_request(&mut send, connect_request("nope.example:80")).await,
         Ok(400)
     );
+    // nothing listens there: 503, and only after the upstream connect failed
+    let closed = format!("{}:9", ip(pair.net, 3));
+    assert_eq!(
+        raw_request(&mut send, connect_request(&closed)).await,
+        Ok(503)
+    );
+    log_line(&["status=503", &closed, "connect to"]).await;
     // a proxy port is never a target
     let self_call = format!("{}:15001", ip(pair.net, 3));
     assert_eq!(

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dataplane::identity::LocalCa;
@@ -31,16 +32,20 @@ fn epoch() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_780_000_000)
 }
 
-/// Builds the world: node-a and node-b running ztunnels, an echo app on node-b.
-fn world(sim: &mut turmoil::Sim<'_>, network: &SimNetwork) {
+/// Builds the world: node-a and node-b running ztunnels, an echo app on node-b. Every second,
+/// node-a's pooled HBONE connection count is stored in `pooled`.
+fn world(sim: &mut turmoil::Sim<'_>, network: &SimNetwork) -> Arc<AtomicUsize> {
+    let pooled = Arc::new(AtomicUsize::new(0));
     let ca = LocalCa::generate("cluster.local", epoch()).unwrap();
     let (root, key) = (ca.root_pem(), ca.key_pem().to_string());
     for node in ["node-a", "node-b"] {
         let network = network.clone();
         let (root, key) = (root.clone(), key.clone());
+        let pooled = pooled.clone();
         sim.host(node, move || {
             let network = network.clone();
             let (root, key) = (root.clone(), key.clone());
+            let pooled = pooled.clone();
             async move {
                 let mut state = State::default();
                 LocalConfig::parse(&yaml()).unwrap().apply_to(&mut state);
@@ -59,7 +64,7 @@ fn world(sim: &mut turmoil::Sim<'_>, network: &SimNetwork) {
                     clock: Arc::new(SimClock),
                     entropy: Entropy::seeded(1),
                 };
-                let _ztunnel = ztunnel::run(config, seams, StateHandle::new(state), provider)
+                let ztunnel = ztunnel::run(config, seams, StateHandle::new(state), provider)
                     .await
                     .unwrap();
                 if node == "node-b" {
@@ -72,20 +77,24 @@ fn world(sim: &mut turmoil::Sim<'_>, network: &SimNetwork) {
                         });
                     }
                 }
-                std::future::pending::<()>().await;
-                Ok(())
+                loop {
+                    pooled.store(ztunnel.pooled_connections(), Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         });
     }
     network.add_route(WEB.parse().unwrap(), sim.lookup("node-a"));
     network.add_route(ECHO.parse().unwrap(), sim.lookup("node-b"));
+    pooled
 }
 
 fn sim<'a>() -> turmoil::Sim<'a> {
     turmoil::Builder::new()
         .epoch(epoch())
         .rng_seed(7)
-        .simulation_duration(Duration::from_secs(120))
+        .simulation_duration(Duration::from_secs(600))
+        .tick_duration(Duration::from_millis(5))
         .build()
 }
 
@@ -105,7 +114,7 @@ async fn captured_connect(network: &SimNetwork) -> std::io::Result<turmoil::net:
 fn same_topology_under_turmoil() {
     let mut sim = sim();
     let network = SimNetwork::new();
-    world(&mut sim, &network);
+    let _pooled = world(&mut sim, &network);
     sim.client("web", async move {
         let mut s = captured_connect(&network).await?;
         s.write_all(b"hello from the simulator").await?;
@@ -121,7 +130,7 @@ fn same_topology_under_turmoil() {
 fn keepalive_detects_a_partitioned_peer() {
     let mut sim = sim();
     let network = SimNetwork::new();
-    world(&mut sim, &network);
+    let _pooled = world(&mut sim, &network);
     sim.client("web", async move {
         let mut s = captured_connect(&network).await?;
         s.write_all(b"ping").await?;
@@ -141,6 +150,40 @@ fn keepalive_detects_a_partitioned_peer() {
         assert!(
             waited >= Duration::from_secs(20) && waited <= Duration::from_secs(35),
             "dead peer detected after {waited:?}"
+        );
+        Ok(())
+    });
+    sim.run().unwrap();
+}
+
+#[test]
+fn idle_pooled_connections_are_released() {
+    let mut sim = sim();
+    let network = SimNetwork::new();
+    let pooled = world(&mut sim, &network);
+    sim.client("web", async move {
+        let mut s = captured_connect(&network).await?;
+        s.write_all(b"once").await?;
+        let mut back = [0u8; 4];
+        s.read_exact(&mut back).await?;
+        drop(s);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            pooled.load(Ordering::SeqCst),
+            1,
+            "the HBONE connection stays pooled"
+        );
+        tokio::time::sleep(Duration::from_secs(4 * 60)).await;
+        assert_eq!(
+            pooled.load(Ordering::SeqCst),
+            1,
+            "not yet idle for 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        assert_eq!(
+            pooled.load(Ordering::SeqCst),
+            0,
+            "released after 5 minutes idle"
         );
         Ok(())
     });
