@@ -10,4 +10,5 @@ pub mod logging;
 pub mod policy;
 pub mod seams;
 pub mod state;
+pub mod xds;
 pub mod ztunnel;
