@@ -22,6 +22,8 @@ pub enum CertificateError {
     Parse(String),
     #[error("certificate carries no SPIFFE identity in its URI SANs")]
     NoIdentity,
+    #[error("unusable CA response: {0}")]
+    Response(String),
     #[error("certificate authority error: {0}")]
     Ca(#[from] rcgen::Error),
 }

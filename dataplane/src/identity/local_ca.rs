@@ -4,8 +4,8 @@
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -27,6 +27,8 @@ pub enum LocalCaError {
     Certificate(String),
     #[error("signing failed: {0}")]
     Sign(#[from] rcgen::Error),
+    #[error("certificate signing request rejected: {0}")]
+    Csr(rcgen::Error),
     #[error("issued certificate unusable: {0}")]
     Issued(#[from] CertificateError),
 }
@@ -102,22 +104,7 @@ impl LocalCa {
         now: SystemTime,
     ) -> Result<WorkloadCertificate, LocalCaError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        // An empty subject makes rcgen mark the SAN extension critical, as istiod's leaves.
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = to_time(now - BACKDATE);
-        params.not_after = to_time(now + ttl);
-        let cert = params.signed_by(&key, &self.issuer)?;
+        let cert = leaf_params(identity, ttl, now)?.signed_by(&key, &self.issuer)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         Ok(WorkloadCertificate::from_der(
             vec![cert.der().clone()],
@@ -125,6 +112,45 @@ impl LocalCa {
             vec![self.root.clone()],
         )?)
     }
+
+    /// Signs a PEM CSR as `identity`, the way istiod does: the CSR's signature must verify,
+    /// but its own SANs are ignored — the identity comes from the authenticated caller. The
+    /// answer is the CA API's `[leaf, root]`, one PEM per element.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<String>, LocalCaError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(LocalCaError::Csr)?;
+        let leaf = leaf_params(identity, ttl, now)?.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(vec![leaf.pem(), self.root_pem()])
+    }
+}
+
+/// A workload leaf as istiod issues it: empty subject (so rcgen marks the SAN critical), one
+/// SPIFFE URI SAN, serverAuth + clientAuth, digitalSignature + keyEncipherment.
+fn leaf_params(
+    identity: &Identity,
+    ttl: Duration,
+    now: SystemTime,
+) -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = to_time(now - BACKDATE);
+    params.not_after = to_time(now + ttl);
+    Ok(params)
 }
 
 #[cfg(test)]

@@ -2,11 +2,13 @@
 //! HBONE runs on.
 
 mod certificate;
+mod csr;
 mod local_ca;
 mod spiffe;
 mod tls;
 
 pub use certificate::{CertificateError, WorkloadCertificate};
+pub use csr::CertificateRequest;
 pub use local_ca::{LocalCa, LocalCaError};
 pub use spiffe::{Identity, IdentityError};
 pub use tls::{TlsError, client_config, peer_identity, server_config};
