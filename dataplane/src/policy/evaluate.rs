@@ -454,6 +454,12 @@ mod tests {
             policies in prop::collection::vec(arb_policy(), 0..5),
             c in arb_ctx(),
         ) {
+            // Keys are unique in the state, so they are here too.
+            let policies: Vec<Authorization> = policies
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| Authorization { name: format!("p{i}"), ..p })
+                .collect();
             let d = evaluate(&c, &policies);
             let enforced: Vec<_> = policies.iter().filter(|p| !p.dry_run).collect();
             let matches = |p: &Authorization| p.rules.iter().any(|r| r.clauses.iter().all(|cl| {
