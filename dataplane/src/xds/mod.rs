@@ -1,9 +1,11 @@
 //! The wire types ambient speaks with its control plane — Delta ADS, `istio.workload.Address`,
 //! `istio.security.Authorization`, the CA API — and their conversion to and from the model.
 
+mod apply;
 mod authorization;
 mod workload;
 
+pub use apply::{ResourceVersions, apply_response};
 pub use authorization::{authorization_from_proto, authorization_to_proto};
 pub use workload::{AddressResource, address_from_proto, service_to_proto, workload_to_proto};
 
