@@ -1,3 +1,7 @@
 //! The control plane in istiod's role: Kubernetes objects in, xDS and certificates out.
 //!
-//! Empty until the control-plane issue: the ztunnel runs from local config and a local CA.
+//! So far: the `security.istio.io/v1` types and their translation into what ztunnels enforce.
+//! Sources, the store, the xDS server and the CA come with the rest of the control-plane issue.
+
+pub mod translate;
+pub mod types;

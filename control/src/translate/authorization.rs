@@ -1,0 +1,260 @@
+//! AuthorizationPolicy → `istio.security.Authorization`, as istiod does it for ztunnels
+//! (policy-semantics §2, wire facts §2.2):
+//!
+//! - policies with `targetRef(s)` are for waypoints and never reach ztunnel; AUDIT and CUSTOM
+//!   are not supported there either;
+//! - scope: a selector → WorkloadSelector; no selector → Namespace, or Global in the root
+//!   namespace;
+//! - each rule becomes one rule of clauses: the `to` operations (destination ports) as one
+//!   clause, the `from` sources as one clause, and one clause per `when` condition;
+//! - an ALLOW rule that names any HTTP-only attribute is dropped whole (fail closed); a DENY
+//!   rule keeps only its L4 parts — a source or operation left with nothing becomes a match
+//!   that never matches, and a `when` on an HTTP-only key makes the whole rule never match.
+
+use dataplane::policy::{
+    Action, Authorization, Cidr, Clause, Match, Rule, Scope, ServiceAccountMatch, StringMatch,
+};
+
+use crate::types::security::{
+    AuthorizationAction, AuthorizationPolicySpec, Condition, Operation, Rule as SpecRule, Source,
+};
+
+/// What translating one policy gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Translated {
+    /// Sent to ztunnels; `notes` say what was left out (istiod's status message).
+    Ztunnel {
+        policy: Authorization,
+        notes: Vec<String>,
+    },
+    /// Not for ztunnels, and why.
+    NotForZtunnel(String),
+}
+
+/// `*` → present, `*x` → suffix, `x*` → prefix, anything else exact.
+fn string_match(value: &str) -> StringMatch {
+    if value == "*" {
+        StringMatch::Presence
+    } else if let Some(suffix) = value.strip_prefix('*') {
+        StringMatch::Suffix(suffix.to_string())
+    } else if let Some(prefix) = value.strip_suffix('*') {
+        StringMatch::Prefix(prefix.to_string())
+    } else {
+        StringMatch::Exact(value.to_string())
+    }
+}
+
+fn strings(values: &[String]) -> Vec<StringMatch> {
+    values.iter().map(|v| string_match(v)).collect()
+}
+
+/// Unparseable entries are dropped, as istiod does (validation normally rejects them).
+fn cidrs(values: &[String]) -> Vec<Cidr> {
+    values.iter().filter_map(|v| v.parse().ok()).collect()
+}
+
+fn ports(values: &[String]) -> Vec<u16> {
+    values.iter().filter_map(|v| v.parse().ok()).collect()
+}
+
+/// `ns/sa`, or a bare `sa` meaning the policy's own namespace.
+fn service_accounts(values: &[String], policy_namespace: &str) -> Vec<ServiceAccountMatch> {
+    values
+        .iter()
+        .map(|v| match v.split_once('/') {
+            Some((ns, sa)) => ServiceAccountMatch {
+                namespace: ns.to_string(),
+                service_account: sa.to_string(),
+            },
+            None => ServiceAccountMatch {
+                namespace: policy_namespace.to_string(),
+                service_account: v.clone(),
+            },
+        })
+        .collect()
+}
+
+/// The HTTP-only attributes a source names.
+fn source_l7(s: &Source) -> Vec<&'static str> {
+    let mut found = Vec::new();
+    for (name, list) in [
+        ("requestPrincipals", &s.request_principals),
+        ("notRequestPrincipals", &s.not_request_principals),
+        ("remoteIpBlocks", &s.remote_ip_blocks),
+        ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+    ] {
+        if !list.is_empty() {
+            found.push(name);
+        }
+    }
+    found
+}
+
+fn operation_l7(o: &Operation) -> Vec<&'static str> {
+    let mut found = Vec::new();
+    for (name, list) in [
+        ("hosts", &o.hosts),
+        ("notHosts", &o.not_hosts),
+        ("methods", &o.methods),
+        ("notMethods", &o.not_methods),
+        ("paths", &o.paths),
+        ("notPaths", &o.not_paths),
+    ] {
+        if !list.is_empty() {
+            found.push(name);
+        }
+    }
+    found
+}
+
+fn source_match(s: &Source, policy_namespace: &str) -> Match {
+    // trustDomains/notTrustDomains are not translated (upstream quirk, policy-semantics §3.4).
+    Match {
+        principals: strings(&s.principals),
+        not_principals: strings(&s.not_principals),
+        namespaces: strings(&s.namespaces),
+        not_namespaces: strings(&s.not_namespaces),
+        service_accounts: service_accounts(&s.service_accounts, policy_namespace),
+        not_service_accounts: service_accounts(&s.not_service_accounts, policy_namespace),
+        source_ips: cidrs(&s.ip_blocks),
+        not_source_ips: cidrs(&s.not_ip_blocks),
+        ..Match::default()
+    }
+}
+
+fn operation_match(o: &Operation) -> Match {
+    Match {
+        destination_ports: ports(&o.ports),
+        not_destination_ports: ports(&o.not_ports),
+        ..Match::default()
+    }
+}
+
+/// One `when` condition as a clause; `None` when the key is HTTP-only to ztunnel (it knows
+/// only `source.ip`, `source.namespace`, `source.principal`, `destination.ip` and
+/// `destination.port`).
+fn condition_clause(c: &Condition) -> Option<Clause> {
+    let mut m = Match::default();
+    match c.key.as_str() {
+        "source.ip" => {
+            m.source_ips = cidrs(&c.values);
+            m.not_source_ips = cidrs(&c.not_values);
+        }
+        "source.namespace" => {
+            m.namespaces = strings(&c.values);
+            m.not_namespaces = strings(&c.not_values);
+        }
+        "source.principal" => {
+            m.principals = strings(&c.values);
+            m.not_principals = strings(&c.not_values);
+        }
+        "destination.ip" => {
+            m.destination_ips = cidrs(&c.values);
+            m.not_destination_ips = cidrs(&c.not_values);
+        }
+        "destination.port" => {
+            m.destination_ports = ports(&c.values);
+            m.not_destination_ports = ports(&c.not_values);
+        }
+        _ => return None,
+    }
+    Some(Clause { matches: vec![m] })
+}
+
+/// Translates one rule, with the HTTP-only attributes it names.
+fn translate_rule(rule: &SpecRule, policy_namespace: &str) -> (Rule, Vec<String>) {
+    let mut l7: Vec<String> = Vec::new();
+    let mut clauses = Vec::new();
+    if let Some(to) = &rule.to {
+        let matches = to
+            .iter()
+            .map(|t| {
+                l7.extend(operation_l7(&t.operation).into_iter().map(String::from));
+                operation_match(&t.operation)
+            })
+            .collect();
+        clauses.push(Clause { matches });
+    }
+    if let Some(from) = &rule.from {
+        let matches = from
+            .iter()
+            .map(|f| {
+                l7.extend(source_l7(&f.source).into_iter().map(String::from));
+                source_match(&f.source, policy_namespace)
+            })
+            .collect();
+        clauses.push(Clause { matches });
+    }
+    for condition in rule.when.iter().flatten() {
+        match condition_clause(condition) {
+            Some(clause) => clauses.push(clause),
+            None => {
+                l7.push(format!("when {}", condition.key));
+                // A clause that can never be true: the rule never matches.
+                clauses.push(Clause {
+                    matches: vec![Match::default()],
+                });
+            }
+        }
+    }
+    (Rule { clauses }, l7)
+}
+
+/// Translates one AuthorizationPolicy named `namespace/name`.
+pub fn translate(
+    namespace: &str,
+    name: &str,
+    spec: &AuthorizationPolicySpec,
+    root_namespace: &str,
+) -> Translated {
+    if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
+        return Translated::NotForZtunnel("targetRefs: enforced by waypoints only".into());
+    }
+    let action = match spec.action {
+        AuthorizationAction::Allow => Action::Allow,
+        AuthorizationAction::Deny => Action::Deny,
+        AuthorizationAction::Audit => {
+            return Translated::NotForZtunnel("action AUDIT is not supported by ztunnel".into());
+        }
+        AuthorizationAction::Custom => {
+            return Translated::NotForZtunnel("action CUSTOM is not supported by ztunnel".into());
+        }
+    };
+    let scope = if spec.selector.is_some() {
+        Scope::WorkloadSelector
+    } else if namespace == root_namespace {
+        Scope::Global
+    } else {
+        Scope::Namespace
+    };
+    let mut notes = Vec::new();
+    let mut rules = Vec::new();
+    for (index, rule) in spec.rules.iter().enumerate() {
+        let (translated, l7) = translate_rule(rule, namespace);
+        if l7.is_empty() {
+            rules.push(translated);
+        } else if action == Action::Allow {
+            notes.push(format!(
+                "rule {index} dropped: ztunnel cannot enforce HTTP attributes ({}); the policy is more restrictive",
+                l7.join(", ")
+            ));
+        } else {
+            notes.push(format!(
+                "rule {index} enforced without its HTTP attributes ({})",
+                l7.join(", ")
+            ));
+            rules.push(translated);
+        }
+    }
+    Translated::Ztunnel {
+        policy: Authorization {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            scope,
+            action,
+            rules,
+            dry_run: false,
+        },
+        notes,
+    }
+}

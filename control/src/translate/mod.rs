@@ -1,0 +1,3 @@
+//! Pure translations from Kubernetes objects to what the data plane enforces.
+
+pub mod authorization;

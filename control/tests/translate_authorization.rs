@@ -1,0 +1,304 @@
+//! AuthorizationPolicy translation, case by case from policy-semantics §2: what istiod sends
+//! to ztunnels, checked both by shape and by what the shared evaluator then decides.
+
+use control::translate::authorization::{Translated, translate};
+use control::types::security::AuthorizationPolicySpec;
+use dataplane::identity::Identity;
+use dataplane::policy::{
+    Action, Authorization, ConnectionContext, Scope, ServiceAccountMatch, StringMatch, evaluate,
+};
+
+const ROOT: &str = "istio-system";
+
+fn spec(yaml: &str) -> AuthorizationPolicySpec {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
+fn ztunnel(ns: &str, yaml: &str) -> (Authorization, Vec<String>) {
+    match translate(ns, "p", &spec(yaml), ROOT) {
+        Translated::Ztunnel { policy, notes } => (policy, notes),
+        other => panic!("not sent to ztunnel: {other:?}"),
+    }
+}
+
+/// A connection from `id` (None: plaintext) at 10.1.0.5 to 10.2.0.7:`port`.
+fn conn(id: Option<(&str, &str)>, port: u16) -> ConnectionContext {
+    ConnectionContext {
+        source_identity: id.map(|(ns, sa)| Identity::new("cluster.local", ns, sa)),
+        source_ip: "10.1.0.5".parse().unwrap(),
+        destination_ip: "10.2.0.7".parse().unwrap(),
+        destination_port: port,
+    }
+}
+
+fn allowed(policy: &Authorization, c: &ConnectionContext) -> bool {
+    evaluate(c, [policy]).allowed()
+}
+
+const WEB: Option<(&str, &str)> = Some(("shop", "web"));
+const OTHER: Option<(&str, &str)> = Some(("other", "bot"));
+
+#[test]
+fn scope_follows_selector_and_namespace() {
+    assert_eq!(ztunnel("shop", "{}").0.scope, Scope::Namespace);
+    assert_eq!(ztunnel(ROOT, "{}").0.scope, Scope::Global);
+    let selected = "selector: {matchLabels: {app: cart}}";
+    assert_eq!(ztunnel("shop", selected).0.scope, Scope::WorkloadSelector);
+    assert_eq!(ztunnel(ROOT, selected).0.scope, Scope::WorkloadSelector);
+}
+
+#[test]
+fn no_rules_allows_nothing_and_an_empty_rule_everything() {
+    let (nothing, _) = ztunnel("shop", "{}");
+    assert!(nothing.rules.is_empty());
+    assert!(!allowed(&nothing, &conn(WEB, 80)));
+    let (everything, _) = ztunnel("shop", "rules: [{}]");
+    assert!(allowed(&everything, &conn(None, 80)));
+    let (deny_all, _) = ztunnel("shop", "action: DENY\nrules: [{}]");
+    assert_eq!(deny_all.action, Action::Deny);
+    assert!(!allowed(&deny_all, &conn(WEB, 80)));
+}
+
+#[test]
+fn principals_namespaces_and_wildcards() {
+    let (p, _) = ztunnel(
+        "shop",
+        "rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/web]}}]}]",
+    );
+    assert_eq!(
+        p.rules[0].clauses[0].matches[0].principals,
+        [StringMatch::Exact("cluster.local/ns/shop/sa/web".into())]
+    );
+    assert!(allowed(&p, &conn(WEB, 80)));
+    assert!(!allowed(&p, &conn(OTHER, 80)));
+
+    let (any_mtls, _) = ztunnel(
+        "shop",
+        r#"rules: [{from: [{source: {principals: ["*"]}}]}]"#,
+    );
+    assert!(allowed(&any_mtls, &conn(OTHER, 80)));
+    assert!(
+        !allowed(&any_mtls, &conn(None, 80)),
+        "plaintext has no principal"
+    );
+
+    let (ns, _) = ztunnel(
+        "shop",
+        r#"rules: [{from: [{source: {namespaces: ["sh*", "*her"], notNamespaces: [shop]}}]}]"#,
+    );
+    let m = &ns.rules[0].clauses[0].matches[0];
+    assert_eq!(
+        m.namespaces,
+        [
+            StringMatch::Prefix("sh".into()),
+            StringMatch::Suffix("her".into())
+        ]
+    );
+    assert!(!allowed(&ns, &conn(WEB, 80)), "notNamespaces wins");
+    assert!(allowed(&ns, &conn(OTHER, 80)));
+}
+
+#[test]
+fn service_accounts_default_to_the_policy_namespace() {
+    let (p, _) = ztunnel(
+        "shop",
+        "rules: [{from: [{source: {serviceAccounts: [web, other/bot]}}]}]",
+    );
+    assert_eq!(
+        p.rules[0].clauses[0].matches[0].service_accounts,
+        [
+            ServiceAccountMatch {
+                namespace: "shop".into(),
+                service_account: "web".into()
+            },
+            ServiceAccountMatch {
+                namespace: "other".into(),
+                service_account: "bot".into()
+            },
+        ]
+    );
+    assert!(allowed(&p, &conn(WEB, 80)) && allowed(&p, &conn(OTHER, 80)));
+    assert!(!allowed(&p, &conn(Some(("shop", "db")), 80)));
+}
+
+#[test]
+fn ip_blocks_work_for_plaintext_and_bad_entries_are_dropped() {
+    let (p, _) = ztunnel(
+        "shop",
+        r#"rules: [{from: [{source: {ipBlocks: ["10.1.0.0/16", "not-an-ip"], notIpBlocks: ["10.1.0.9"]}}]}]"#,
+    );
+    assert_eq!(p.rules[0].clauses[0].matches[0].source_ips.len(), 1);
+    assert!(allowed(&p, &conn(None, 80)));
+}
+
+#[test]
+fn ports_are_target_ports_and_from_to_and_together() {
+    let (p, _) = ztunnel(
+        "shop",
+        r#"rules: [{from: [{source: {namespaces: [shop]}}, {source: {namespaces: [other]}}], to: [{operation: {ports: ["8080"]}}, {operation: {notPorts: ["9090"], ports: ["9090", "7070"]}}]}]"#,
+    );
+    assert_eq!(p.rules[0].clauses.len(), 2);
+    assert!(allowed(&p, &conn(WEB, 8080)));
+    assert!(
+        allowed(&p, &conn(OTHER, 7070)),
+        "from entries OR, to entries OR"
+    );
+    assert!(!allowed(&p, &conn(OTHER, 9090)), "notPorts excludes");
+    assert!(
+        !allowed(&p, &conn(None, 8080)),
+        "plaintext has no namespace"
+    );
+}
+
+#[test]
+fn when_conditions_with_l4_keys() {
+    let (p, notes) = ztunnel(
+        "shop",
+        r#"
+rules:
+- when:
+  - {key: source.ip, values: ["10.1.0.0/24"]}
+  - {key: source.namespace, values: [shop]}
+  - {key: source.principal, values: ["cluster.local/ns/shop/*"]}
+  - {key: destination.ip, values: ["10.2.0.7"]}
+  - {key: destination.port, values: ["80"], notValues: ["81"]}
+"#,
+    );
+    assert!(notes.is_empty());
+    assert_eq!(p.rules[0].clauses.len(), 5, "one clause per condition");
+    assert!(allowed(&p, &conn(WEB, 80)));
+    assert!(!allowed(&p, &conn(WEB, 81)));
+    assert!(!allowed(&p, &conn(OTHER, 80)));
+}
+
+#[test]
+fn allow_rules_with_http_attributes_are_dropped_whole() {
+    let (p, notes) = ztunnel(
+        "shop",
+        r#"
+rules:
+- to: [{operation: {methods: [GET], ports: ["8080"]}}]
+- from: [{source: {principals: [cluster.local/ns/other/sa/bot]}}]
+"#,
+    );
+    assert_eq!(p.rules.len(), 1, "the L4-only rule stays");
+    assert!(
+        notes[0].contains("rule 0 dropped") && notes[0].contains("methods"),
+        "{notes:?}"
+    );
+    assert!(
+        !allowed(&p, &conn(WEB, 8080)),
+        "fail closed: the GET rule never allows"
+    );
+    assert!(allowed(&p, &conn(OTHER, 8080)));
+
+    let (only_l7, _) = ztunnel(
+        "shop",
+        r#"rules: [{to: [{operation: {paths: ["/admin"]}}]}]"#,
+    );
+    assert!(only_l7.rules.is_empty());
+    assert!(!allowed(&only_l7, &conn(WEB, 80)), "allow-nothing");
+    let (when_l7, _) = ztunnel(
+        "shop",
+        "rules: [{when: [{key: \"request.headers[x-user]\", values: [admin]}]}]",
+    );
+    assert!(when_l7.rules.is_empty());
+}
+
+#[test]
+fn deny_rules_keep_their_l4_parts() {
+    // principals + requestPrincipals: denies that principal outright (broadened)
+    let (p, notes) = ztunnel(
+        "shop",
+        r#"action: DENY
+rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/web], requestPrincipals: ["*"]}}]}]"#,
+    );
+    assert!(
+        notes[0].contains("without its HTTP attributes"),
+        "{notes:?}"
+    );
+    assert!(!allowed(&p, &conn(WEB, 80)));
+    assert!(allowed(&p, &conn(OTHER, 80)));
+
+    // ports + methods: the whole port is denied
+    let (port, _) = ztunnel(
+        "shop",
+        r#"action: DENY
+rules: [{to: [{operation: {ports: ["8080"], methods: [POST]}}]}]"#,
+    );
+    assert!(!allowed(&port, &conn(WEB, 8080)));
+    assert!(allowed(&port, &conn(WEB, 9090)));
+
+    // methods only: an empty match, the DENY is a no-op (a known sharp edge)
+    let (noop, _) = ztunnel(
+        "shop",
+        "action: DENY\nrules: [{to: [{operation: {methods: [POST]}}]}]",
+    );
+    assert_eq!(noop.rules.len(), 1);
+    assert!(allowed(&noop, &conn(WEB, 8080)));
+
+    // a when on an HTTP-only key: the whole rule never matches, even with an L4 from
+    let (when_l7, _) = ztunnel(
+        "shop",
+        r#"action: DENY
+rules: [{from: [{source: {namespaces: [shop]}}], when: [{key: "request.auth.claims[iss]", values: [x]}]}]"#,
+    );
+    assert!(allowed(&when_l7, &conn(WEB, 80)));
+    for key in [
+        "source.serviceAccount",
+        "remote.ip",
+        "connection.sni",
+        "source.trustDomain",
+    ] {
+        let yaml = format!("action: DENY\nrules: [{{when: [{{key: {key}, values: [x]}}]}}]");
+        let (p, notes) = ztunnel("shop", &yaml);
+        assert!(allowed(&p, &conn(WEB, 80)), "{key} is HTTP-only at ztunnel");
+        assert!(notes[0].contains(key), "{notes:?}");
+    }
+}
+
+#[test]
+fn trust_domains_are_silently_ignored() {
+    let yaml = "rules: [{from: [{source: {trustDomains: [cluster.local]}}]}]";
+    let (allow, notes) = ztunnel("shop", yaml);
+    assert!(notes.is_empty(), "upstream does not report it");
+    assert!(
+        !allowed(&allow, &conn(WEB, 80)),
+        "an ALLOW on trust domains only never matches"
+    );
+    let (deny, _) = ztunnel("shop", &format!("action: DENY\n{yaml}"));
+    assert!(
+        allowed(&deny, &conn(WEB, 80)),
+        "a DENY on trust domains only is a no-op"
+    );
+}
+
+#[test]
+fn waypoint_and_unsupported_policies_never_reach_ztunnel() {
+    for yaml in [
+        "targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]",
+        "targetRef: {kind: Service, name: cart}",
+        "action: AUDIT\nrules: [{}]",
+        "action: CUSTOM\nprovider: {name: ext}\nrules: [{}]",
+    ] {
+        assert!(
+            matches!(
+                translate("shop", "p", &spec(yaml), ROOT),
+                Translated::NotForZtunnel(_)
+            ),
+            "{yaml}"
+        );
+    }
+}
+
+#[test]
+fn unknown_fields_are_errors() {
+    let err = serde_yaml::from_str::<AuthorizationPolicySpec>("rules: [{form: []}]").unwrap_err();
+    assert!(err.to_string().contains("unknown field `form`"), "{err}");
+}
+
+#[test]
+fn the_result_is_named_for_xds() {
+    let (p, _) = ztunnel("shop", "{}");
+    assert_eq!(p.key(), "shop/p");
+}
