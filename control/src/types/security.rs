@@ -148,3 +148,34 @@ pub struct Condition {
     #[serde(default)]
     pub not_values: Vec<String>,
 }
+
+/// How strictly a workload requires mTLS from its peers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum MutualTlsMode {
+    /// Inherit from the next level up.
+    #[default]
+    Unset,
+    Disable,
+    Permissive,
+    Strict,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MutualTls {
+    #[serde(default)]
+    pub mode: MutualTlsMode,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerAuthenticationSpec {
+    #[serde(default)]
+    pub selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub mtls: Option<MutualTls>,
+    /// Workload (container) port → mode; only valid with a selector.
+    #[serde(default)]
+    pub port_level_mtls: BTreeMap<u32, MutualTls>,
+}
