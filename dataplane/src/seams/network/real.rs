@@ -75,13 +75,44 @@ impl Network for RealNetwork {
             };
             if let Some(ip) = source
                 && ip.is_ipv4() == destination.is_ipv4()
+                && let Err(err) = socket.bind(SocketAddr::new(ip, 0))
             {
-                socket.bind(SocketAddr::new(ip, 0))?;
+                // The workload's address is not on this host (no in-pod socket): connect
+                // from the host's own address rather than not at all, as upstream does
+                // without source spoofing.
+                tracing::debug!(source = %ip, %err, "cannot connect from the workload address; using the host's");
             }
             socket.set_nodelay(true)?;
             let stream = socket.connect(destination).await?;
             let stream: BoxStream = Box::new(stream);
             Ok(stream)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connects_from_the_workload_address_when_it_is_local() {
+        let net = RealNetwork;
+        let listener = net.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let to = listener.local_addr();
+        let source: IpAddr = "127.0.0.9".parse().unwrap();
+        let _client = net.connect(Some(source), to).await.unwrap();
+        let accepted = listener.accept().await.unwrap().await.unwrap();
+        assert_eq!(accepted.peer.ip(), source);
+        assert_eq!(
+            accepted.destination, to,
+            "no NAT: the destination is the local address"
+        );
+        // an address this host does not have: still connects, from the host's address
+        let _client = net
+            .connect(Some("192.0.2.77".parse().unwrap()), to)
+            .await
+            .unwrap();
+        let accepted = listener.accept().await.unwrap().await.unwrap();
+        assert!(accepted.peer.ip().is_loopback());
     }
 }
