@@ -3,5 +3,6 @@
 //! So far: the `security.istio.io/v1` types and their translation into what ztunnels enforce.
 //! Sources, the store, the xDS server and the CA come with the rest of the control-plane issue.
 
+pub mod snapshot;
 pub mod translate;
 pub mod types;

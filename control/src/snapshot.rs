@@ -1,0 +1,46 @@
+//! What the control plane publishes at one moment, and the mesh-wide settings it is computed
+//! with. Translation produces a [`Snapshot`] from the store; the xDS server diffs each
+//! ztunnel's stream against the newest one, so only what changed is pushed.
+
+use std::collections::BTreeMap;
+
+use dataplane::policy::Authorization;
+use dataplane::state::{Service, Workload};
+
+/// Everything ztunnels are told, keyed as on the wire (wire facts §1.4).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// By `Workload.uid` (`<cluster>//Pod/<ns>/<name>`).
+    pub workloads: BTreeMap<String, Workload>,
+    /// By `<namespace>/<hostname>`.
+    pub services: BTreeMap<String, Service>,
+    /// By `<namespace>/<name>`.
+    pub policies: BTreeMap<String, Authorization>,
+}
+
+/// Mesh-wide settings: upstream's mesh config and istiod flags that translation depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshConfig {
+    /// SPIFFE trust domain of every identity (`cluster.local`).
+    pub trust_domain: String,
+    /// istiod's namespace; policies here apply mesh-wide (`istio-system`).
+    pub root_namespace: String,
+    /// `CLUSTER_ID`; the first part of workload uids (`Kubernetes`).
+    pub cluster_id: String,
+    /// The network every workload is on (empty: the default network).
+    pub network: String,
+    /// DNS suffix of service hostnames (`cluster.local`).
+    pub domain_suffix: String,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig {
+            trust_domain: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
+            cluster_id: "Kubernetes".into(),
+            network: String::new(),
+            domain_suffix: "cluster.local".into(),
+        }
+    }
+}
