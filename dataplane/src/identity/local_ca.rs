@@ -129,6 +129,51 @@ impl LocalCa {
     }
 }
 
+/// The key and chain a server presents under DNS names and IPs rather than a SPIFFE identity
+/// (istiod's own serving certificate, `istiod.istio-system.svc`).
+pub struct ServingCertificate {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl LocalCa {
+    /// Issues a serving certificate for `names` (DNS names, or IP addresses as text).
+    pub fn issue_serving(
+        &self,
+        names: &[String],
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<ServingCertificate, LocalCaError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        if let Some(first) = names.first() {
+            dn.push(DnType::CommonName, first.as_str());
+        }
+        params.distinguished_name = dn;
+        params.subject_alt_names = names
+            .iter()
+            .map(|name| match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => name.clone().try_into().map(SanType::DnsName),
+            })
+            .collect::<Result<_, _>>()?;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = to_time(now - BACKDATE);
+        params.not_after = to_time(now + ttl);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(ServingCertificate {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        })
+    }
+}
+
 /// A workload leaf as istiod issues it: empty subject (so rcgen marks the SAN critical), one
 /// SPIFFE URI SAN, serverAuth + clientAuth, digitalSignature + keyEncipherment.
 fn leaf_params(

@@ -23,7 +23,7 @@ use crate::seams::Clock;
 use crate::seams::clock::RustlsTime;
 
 /// The ALPN protocol HBONE negotiates.
-const ALPN_H2: &[u8] = b"h2";
+pub(crate) const ALPN_H2: &[u8] = b"h2";
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,7 @@ pub enum TlsError {
 }
 
 /// The crypto provider: ring, restricted to upstream's cipher suites.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     let mut provider = ring::default_provider();
     provider.cipher_suites = vec![
         ring::cipher_suite::TLS13_AES_256_GCM_SHA384,

@@ -57,4 +57,8 @@ pub trait Network: Send + Sync + 'static {
         source: Option<IpAddr>,
         destination: SocketAddr,
     ) -> BoxFuture<'_, io::Result<BoxStream>>;
+
+    /// Resolves a host name (or an IP literal) to an address to connect to: how a ztunnel
+    /// finds istiod by `XDS_ADDRESS`.
+    fn resolve(&self, host: &str, port: u16) -> BoxFuture<'_, io::Result<SocketAddr>>;
 }

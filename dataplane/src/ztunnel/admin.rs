@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -183,16 +182,13 @@ fn authorize(inner: &Inner, query: &str) -> Response<Full<Bytes>> {
 fn handle(inner: &Inner, endpoint: Endpoint, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     match (endpoint, request.method(), path) {
-        (Endpoint::Readiness, &Method::GET, "/healthz/ready") => {
-            if inner.ready.load(Ordering::Acquire) {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "not ready, pending: startup\n",
-                )
-            }
-        }
+        (Endpoint::Readiness, &Method::GET, "/healthz/ready") => match inner.pending_readiness() {
+            None => text(StatusCode::OK, "ready\n"),
+            Some(pending) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("not ready, pending: {pending}\n"),
+            ),
+        },
         (Endpoint::Metrics, &Method::GET, "/metrics" | "/stats/prometheus") => {
             let mut response = text(StatusCode::OK, inner.metrics.encode());
             response.headers_mut().insert(

@@ -1,9 +1,9 @@
 //! Certificates for the workloads this ztunnel serves: fetched from a provider (the local CA
 //! today, istiod's CA with the control plane), cached, and replaced at half-life.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rustls::{ClientConfig, ServerConfig};
 
@@ -94,20 +94,8 @@ impl CertificateManager {
         {
             return Ok(c.clone());
         }
-        match self.provider.fetch(identity).await {
-            Ok(certificate) => {
-                let server = server_config(&certificate, self.clock.clone())
-                    .map_err(|e| CertificateFetchError::Tls(identity.clone(), e))?;
-                let fresh = Arc::new(Cached {
-                    certificate: Arc::new(certificate),
-                    server: Arc::new(server),
-                });
-                self.cache
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(identity.clone(), fresh.clone());
-                Ok(fresh)
-            }
+        match self.fetch(identity).await {
+            Ok(fresh) => Ok(fresh),
             // Keep serving with the last good certificate while it is still valid.
             Err(err) => match existing {
                 Some(c) if !c.certificate.is_expired(now) => {
@@ -117,6 +105,52 @@ impl CertificateManager {
                 _ => Err(err),
             },
         }
+    }
+
+    async fn fetch(&self, identity: &Identity) -> Result<Arc<Cached>, CertificateFetchError> {
+        let certificate = self.provider.fetch(identity).await?;
+        let server = server_config(&certificate, self.clock.clone())
+            .map_err(|e| CertificateFetchError::Tls(identity.clone(), e))?;
+        let fresh = Arc::new(Cached {
+            certificate: Arc::new(certificate),
+            server: Arc::new(server),
+        });
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(identity.clone(), fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Fetches a new certificate for `identity` now; on failure the cached one stays.
+    pub async fn renew(&self, identity: &Identity) -> Result<(), CertificateFetchError> {
+        self.fetch(identity).await.map(|_| ())
+    }
+
+    /// The cached identities whose certificates are past half-life at `now`.
+    pub fn due(&self, now: SystemTime) -> Vec<Identity> {
+        self.lock()
+            .iter()
+            .filter(|(_, c)| now >= c.certificate.refresh_at())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// When the next cached certificate reaches half-life.
+    pub fn next_refresh(&self) -> Option<SystemTime> {
+        self.lock()
+            .values()
+            .map(|c| c.certificate.refresh_at())
+            .min()
+    }
+
+    /// Drops the certificates of identities no longer served here.
+    pub fn retain(&self, keep: &BTreeSet<Identity>) {
+        self.lock().retain(|id, _| keep.contains(id));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Identity, Arc<Cached>>> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The certificate for `identity`, fetching or refreshing it when needed.
@@ -155,6 +189,76 @@ impl CertificateManager {
             .values()
             .map(|c| c.certificate.clone())
             .collect()
+    }
+}
+
+/// How often the maintenance loop looks again even without a reason (clock jumps).
+const MAINTENANCE_TICK: Duration = Duration::from_secs(60);
+const RETRY_INITIAL: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(150);
+
+/// Keeps the node's certificates current: fetches one when a workload with a new identity
+/// arrives (prefetch), renews at half-life, retries failures with backoff (1 s doubling to
+/// 150 s, as upstream) while the old certificate keeps serving, and forgets identities whose
+/// last workload left.
+pub(crate) async fn maintain(inner: Arc<crate::ztunnel::Inner>, mut known: BTreeSet<Identity>) {
+    let mut changes = inner.state.subscribe();
+    // identity → (next attempt, current delay)
+    let mut retry: BTreeMap<Identity, (tokio::time::Instant, Duration)> = BTreeMap::new();
+    loop {
+        let now = inner.seams.clock.now();
+        let mut wait = inner
+            .certificates
+            .next_refresh()
+            .map(|t| t.duration_since(now).unwrap_or(Duration::ZERO))
+            .unwrap_or(MAINTENANCE_TICK)
+            .min(MAINTENANCE_TICK);
+        let instant_now = tokio::time::Instant::now();
+        if let Some((at, _)) = retry.values().min_by_key(|(at, _)| *at) {
+            wait = wait.min(at.saturating_duration_since(instant_now));
+        }
+        // Due certificates under backoff must not spin the loop.
+        if wait.is_zero() && !retry.is_empty() {
+            wait = retry
+                .values()
+                .map(|(at, _)| at.saturating_duration_since(instant_now))
+                .min()
+                .unwrap_or(RETRY_INITIAL);
+        }
+        tokio::select! {
+            biased;
+            changed = changes.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(wait) => {}
+        }
+        let local = inner.local_identities();
+        inner.certificates.retain(&local);
+        retry.retain(|id, _| local.contains(id));
+        let now = inner.seams.clock.now();
+        let instant_now = tokio::time::Instant::now();
+        let mut work: BTreeSet<Identity> = local.difference(&known).cloned().collect();
+        work.extend(inner.certificates.due(now));
+        for identity in work {
+            if retry
+                .get(&identity)
+                .is_some_and(|(at, _)| *at > instant_now)
+            {
+                continue;
+            }
+            match inner.certificates.renew(&identity).await {
+                Ok(()) => {
+                    retry.remove(&identity);
+                }
+                Err(err) => {
+                    let delay = retry
+                        .get(&identity)
+                        .map(|(_, d)| (*d * 2).min(RETRY_MAX))
+                        .unwrap_or(RETRY_INITIAL);
+                    tracing::warn!(%identity, %err, retry_in = ?delay, "certificate fetch failed");
+                    retry.insert(identity, (tokio::time::Instant::now() + delay, delay));
+                }
+            }
+        }
+        known = local;
     }
 }
 

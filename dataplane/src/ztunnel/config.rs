@@ -45,6 +45,11 @@ impl Default for Ports {
     }
 }
 
+/// Upstream's default place for the control plane's root (relative to the working directory).
+pub const DEFAULT_ROOT_CA: &str = "./var/run/secrets/istio/root-cert.pem";
+/// Upstream's default token file.
+pub const DEFAULT_TOKEN: &str = "./var/run/secrets/tokens/istio-token";
+
 /// Everything a ztunnel needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -69,6 +74,20 @@ pub struct Config {
     pub drain_deadline: Duration,
     /// Seed for the entropy seam.
     pub seed: u64,
+    /// istiod's xDS address (`XDS_ADDRESS`); unset: state comes only from the local config.
+    pub xds_address: Option<String>,
+    /// istiod's CA address (`CA_ADDRESS`); unset: the CA of the caller's choosing.
+    pub ca_address: Option<String>,
+    /// Root that istiod's serving certificate chains to (`XDS_ROOT_CA`): a file or PEM text.
+    pub xds_root_ca: String,
+    /// The same for the CA address (`CA_ROOT_CA`).
+    pub ca_root_ca: String,
+    /// The caller token (`AUTH_TOKEN`), sent to istiod on every call.
+    pub auth_token: Option<crate::ztunnel::control_plane::AuthToken>,
+    /// This ztunnel's own pod, for the node id it announces.
+    pub pod_name: String,
+    pub pod_namespace: String,
+    pub instance_ip: String,
 }
 
 impl Default for Config {
@@ -86,6 +105,14 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             drain_deadline: Duration::from_secs(5),
             seed: 0,
+            xds_address: None,
+            ca_address: None,
+            xds_root_ca: DEFAULT_ROOT_CA.into(),
+            ca_root_ca: DEFAULT_ROOT_CA.into(),
+            auth_token: None,
+            pod_name: String::new(),
+            pod_namespace: String::new(),
+            instance_ip: "1.1.1.1".into(),
         }
     }
 }
@@ -162,6 +189,31 @@ impl Config {
             if let Some(v) = lookup(name) {
                 *slot = parse_duration(&v)
                     .ok_or_else(|| err(name, &v, "not a duration like 24h, 5s or 300ms"))?;
+            }
+        }
+        // An empty address means "no control plane", as upstream's local mode sets it.
+        config.xds_address = lookup("XDS_ADDRESS").filter(|v| !v.is_empty());
+        config.ca_address = lookup("CA_ADDRESS").filter(|v| !v.is_empty());
+        if let Some(v) = lookup("XDS_ROOT_CA") {
+            config.xds_root_ca = v;
+        }
+        if let Some(v) = lookup("CA_ROOT_CA") {
+            config.ca_root_ca = v;
+        }
+        config.auth_token = match lookup("AUTH_TOKEN") {
+            Some(v) => Some(crate::ztunnel::control_plane::AuthToken::from_setting(&v)),
+            None if std::path::Path::new(DEFAULT_TOKEN).is_file() => Some(
+                crate::ztunnel::control_plane::AuthToken::File(DEFAULT_TOKEN.into()),
+            ),
+            None => None,
+        };
+        for (name, slot) in [
+            ("POD_NAME", &mut config.pod_name),
+            ("POD_NAMESPACE", &mut config.pod_namespace),
+            ("INSTANCE_IP", &mut config.instance_ip),
+        ] {
+            if let Some(v) = lookup(name) {
+                *slot = v;
             }
         }
         if let Some(v) = lookup("ZTUNNEL_SEED") {

@@ -8,6 +8,7 @@ mod admin;
 mod certificates;
 mod config;
 mod connections;
+mod control_plane;
 mod inbound;
 mod inbound_plaintext;
 mod metrics;
@@ -15,6 +16,7 @@ mod outbound;
 mod route;
 mod socks5;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +28,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::hbone::Pool;
+use crate::identity::Identity;
 use crate::seams::{Accepted, Listener, Seams};
 use crate::state::{State, StateHandle, TunnelProtocol, Workload};
 
@@ -34,6 +37,7 @@ pub use certificates::{
 };
 pub use config::{Config, ConfigError, Ports, parse_duration};
 pub use connections::ConnectionTracker;
+pub use control_plane::{AuthToken, CaClient, ControlPlaneClient, ControlPlaneError, Target};
 pub use metrics::Metrics;
 
 /// How often idle pooled connections are looked for.
@@ -42,6 +46,8 @@ const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// Why the ztunnel could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("control plane: {0}")]
+    ControlPlane(#[from] ControlPlaneError),
     #[error("cannot listen for {listener} on {address}: {source}")]
     Bind {
         listener: &'static str,
@@ -62,12 +68,36 @@ pub(crate) struct Inner {
     pub(crate) drain: watch::Receiver<bool>,
     pub(crate) terminate: watch::Receiver<bool>,
     pub(crate) ready: AtomicBool,
+    /// Both xDS types have been answered at least once.
+    pub(crate) xds_synced: AtomicBool,
     pub(crate) quit: watch::Sender<bool>,
 }
 
 impl Inner {
     pub(crate) fn is_local(&self, workload: &Workload) -> bool {
         self.config.node_name.is_empty() || workload.node == self.config.node_name
+    }
+
+    /// What readiness still waits for, or `None` when ready.
+    pub(crate) fn pending_readiness(&self) -> Option<&'static str> {
+        if !self.ready.load(Ordering::Acquire) {
+            Some("startup")
+        } else if self.config.xds_address.is_some() && !self.xds_synced.load(Ordering::Acquire) {
+            Some("xDS state")
+        } else {
+            None
+        }
+    }
+
+    /// Identities of the mesh workloads this node serves.
+    fn local_identities(&self) -> BTreeSet<Identity> {
+        self.state.read(|state| {
+            state
+                .workloads()
+                .filter(|w| self.is_local(w) && w.protocol == TunnelProtocol::Hbone)
+                .map(|w| w.identity())
+                .collect()
+        })
     }
 
     /// The workload on this node that owns `ip`.
@@ -157,6 +187,7 @@ pub async fn run(
         drain,
         terminate,
         ready: AtomicBool::new(false),
+        xds_synced: AtomicBool::new(false),
         quit: watch::Sender::new(false),
     });
 
@@ -247,19 +278,27 @@ pub async fn run(
         }
     }));
 
-    // Prefetch certificates for the workloads this node serves.
-    let local: Vec<_> = inner.state.read(|state| {
-        state
-            .workloads()
-            .filter(|w| inner.is_local(w) && w.protocol == TunnelProtocol::Hbone)
-            .map(|w| w.identity())
-            .collect()
-    });
-    for identity in local {
-        if let Err(err) = inner.certificates.certificate(&identity).await {
+    if let Some(address) = &inner.config.xds_address {
+        let client = ControlPlaneClient::new(
+            address,
+            &inner.config.xds_root_ca,
+            inner.config.auth_token.clone(),
+            &inner.config.cluster_id,
+            inner.seams.network.clone(),
+            inner.seams.clock.clone(),
+        )?;
+        tasks.push(tokio::spawn(control_plane::run_xds(inner.clone(), client)));
+    }
+
+    // Certificates for the workloads this node serves: fetched when they arrive, renewed at
+    // half-life, dropped when the last workload with that identity leaves.
+    let local = inner.local_identities();
+    for identity in &local {
+        if let Err(err) = inner.certificates.certificate(identity).await {
             tracing::warn!(%identity, %err, "certificate prefetch failed");
         }
     }
+    tasks.push(tokio::spawn(certificates::maintain(inner.clone(), local)));
     inner.ready.store(true, Ordering::Release);
     tracing::info!(
         outbound = %addresses.outbound,
@@ -286,6 +325,11 @@ impl Ztunnel {
     /// The state this ztunnel serves from; updates apply immediately.
     pub fn state(&self) -> &StateHandle {
         &self.inner.state
+    }
+
+    /// Whether `/healthz/ready` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.inner.pending_readiness().is_none()
     }
 
     pub fn metrics(&self) -> &Metrics {

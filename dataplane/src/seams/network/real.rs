@@ -88,6 +88,21 @@ impl Network for RealNetwork {
             Ok(stream)
         })
     }
+
+    fn resolve(&self, host: &str, port: u16) -> BoxFuture<'_, io::Result<SocketAddr>> {
+        let host = host.to_string();
+        Box::pin(async move {
+            if let Ok(ip) = host.parse::<IpAddr>() {
+                return Ok(SocketAddr::new(ip, port));
+            }
+            tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .next()
+                .ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address"))
+                })
+        })
+    }
 }
 
 #[cfg(test)]

@@ -162,4 +162,20 @@ impl Network for SimNetwork {
             Ok(stream)
         })
     }
+
+    fn resolve(&self, host: &str, port: u16) -> BoxFuture<'_, io::Result<SocketAddr>> {
+        let result = match host.parse::<IpAddr>() {
+            Ok(ip) => Ok(SocketAddr::new(ip, port)),
+            Err(_) => turmoil::lookup_many(host)
+                .first()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("no simulated host is named {host}"),
+                    )
+                }),
+        };
+        Box::pin(async move { result })
+    }
 }

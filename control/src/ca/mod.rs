@@ -1,0 +1,10 @@
+//! istiod's certificate authority: the CA API ztunnels call, the caller tokens it accepts, and
+//! the root it signs with (rotated with an overlap).
+
+mod authority;
+mod service;
+mod token;
+
+pub use authority::{CertificateAuthority, DEFAULT_TTL, MAX_TTL, SignError};
+pub use service::{CaService, CaShared, authenticate, authorize};
+pub use token::{Claims, TokenError, TokenSigner, bearer};

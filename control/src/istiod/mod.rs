@@ -1,0 +1,316 @@
+//! istiod's role as one entry function: [`run`] binds the xDS/CA ports through the network
+//! seam (15010 plaintext, 15012 TLS with istiod's own serving certificate), serves Delta ADS and
+//! the CA API on both, and publishes whatever [`Istiod::publish`] is given. The binary, the
+//! tests and the simulator all call it.
+
+pub mod state_dir;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+
+use dataplane::identity::{Identity, LocalCa, control_plane_server_config};
+use dataplane::seams::Seams;
+use dataplane::xds::proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use dataplane::xds::proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateServiceServer;
+
+use crate::ca::{CaService, CaShared, CertificateAuthority, TokenSigner};
+use crate::listener::incoming;
+use crate::snapshot::{MeshConfig, Snapshot};
+use crate::xds::{AdsService, PublishedResources, SharedResources, XdsStats};
+
+/// The name ztunnels dial istiod by (and verify its certificate against).
+pub const ISTIOD_HOSTNAME: &str = "istiod.istio-system.svc";
+
+/// How long istiod's own serving certificate lasts.
+const SERVING_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How often root-rotation phases are checked.
+const ROTATION_TICK: Duration = Duration::from_secs(60);
+
+/// What istiod needs to start.
+#[derive(Debug, Clone)]
+pub struct IstiodConfig {
+    pub mesh: MeshConfig,
+    pub listen_ip: IpAddr,
+    /// Plaintext xDS (and CA) port, upstream's 15010.
+    pub plaintext_port: u16,
+    /// TLS xDS and CA port, upstream's 15012.
+    pub tls_port: u16,
+    /// Extra names (DNS or IP) the serving certificate carries besides
+    /// `istiod.istio-system.svc` and the listen address.
+    pub serving_names: Vec<String>,
+    pub handshake_timeout: Duration,
+    /// Default lifetime of issued workload certificates.
+    pub certificate_ttl: Duration,
+    /// How long a burst of changes is collected before one push.
+    pub debounce: Duration,
+}
+
+impl Default for IstiodConfig {
+    fn default() -> Self {
+        IstiodConfig {
+            mesh: MeshConfig::default(),
+            listen_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            plaintext_port: 15010,
+            tls_port: 15012,
+            serving_names: Vec::new(),
+            handshake_timeout: Duration::from_secs(10),
+            certificate_ttl: crate::ca::DEFAULT_TTL,
+            debounce: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Why istiod could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum IstiodError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot issue the serving certificate: {0}")]
+    ServingCertificate(#[from] dataplane::identity::LocalCaError),
+    #[error("cannot build the TLS configuration: {0}")]
+    Tls(#[from] dataplane::identity::TlsError),
+}
+
+/// A running istiod.
+pub struct Istiod {
+    config: IstiodConfig,
+    seams: Seams,
+    resources: watch::Sender<SharedResources>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    ca: Arc<CaShared>,
+    tokens: Arc<TokenSigner>,
+    stats: Arc<XdsStats>,
+    generation: AtomicU64,
+    plaintext_address: SocketAddr,
+    tls_address: SocketAddr,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    stop: watch::Sender<bool>,
+}
+
+/// Starts istiod with `authority` signing and tokens checked under `token_secret`.
+pub async fn run(
+    config: IstiodConfig,
+    seams: Seams,
+    authority: CertificateAuthority,
+    token_secret: &[u8],
+) -> Result<Istiod, IstiodError> {
+    let now = seams.clock.now();
+    let mut names = vec![ISTIOD_HOSTNAME.to_string(), "istiod".to_string()];
+    if !config.listen_ip.is_unspecified() {
+        names.push(config.listen_ip.to_string());
+    }
+    names.extend(config.serving_names.iter().cloned());
+    let serving = authority
+        .active()
+        .issue_serving(&names, SERVING_CERT_TTL, now)?;
+    let tls = Arc::new(control_plane_server_config(
+        serving.chain,
+        serving.key,
+        seams.clock.clone(),
+    )?);
+
+    let (resources_tx, resources_rx) = watch::channel(Arc::new(PublishedResources::encode(
+        &Snapshot::default(),
+        0,
+    )));
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let tokens = Arc::new(TokenSigner::new(token_secret));
+    let stats = Arc::new(XdsStats::default());
+    let ca = Arc::new(CaShared {
+        authority: Mutex::new(authority),
+        tokens: TokenSigner::new(token_secret),
+        clock: seams.clock.clone(),
+        snapshot: snapshot_rx,
+    });
+
+    let bind = |port: u16| {
+        let network = seams.network.clone();
+        let address = SocketAddr::new(config.listen_ip, port);
+        async move {
+            network
+                .bind(address)
+                .await
+                .map_err(|source| IstiodError::Bind { address, source })
+        }
+    };
+    let plaintext = bind(config.plaintext_port).await?;
+    let secure = bind(config.tls_port).await?;
+    let plaintext_address = plaintext.local_addr();
+    let tls_address = secure.local_addr();
+
+    let mut tasks = Vec::new();
+    let (stop, stopped) = watch::channel(false);
+    for (listener, tls, authenticated, name) in [
+        (plaintext, None, false, "xds-plaintext"),
+        (secure, Some(tls), true, "xds-tls"),
+    ] {
+        let ads = AdsService::new(
+            resources_rx.clone(),
+            authenticated.then(|| tokens.clone()),
+            seams.clock.clone(),
+            stats.clone(),
+        );
+        let ca_service = CaService::new(ca.clone());
+        let connections = incoming(
+            listener,
+            tls,
+            config.handshake_timeout,
+            stopped.clone(),
+            name,
+        );
+        let accept_task = connections.accept_task.abort_handle();
+        let mut stopping = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            let _stop_accepting = AbortOnDrop(accept_task.clone());
+            let served = Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .add_service(AggregatedDiscoveryServiceServer::new(ads))
+                .add_service(IstioCertificateServiceServer::new(ca_service))
+                .serve_with_incoming_shutdown(connections, async move {
+                    let _ = stopping.wait_for(|s| *s).await;
+                })
+                .await;
+            accept_task.abort();
+            if let Err(err) = served {
+                tracing::error!(listener = name, %err, "gRPC server stopped");
+            }
+        }));
+    }
+
+    let ticker = ca.clone();
+    let clock = seams.clock.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            let wait = {
+                let authority = ticker
+                    .authority
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                authority
+                    .next_transition()
+                    .map(|t| t.duration_since(clock.now()).unwrap_or(Duration::ZERO))
+                    .unwrap_or(ROTATION_TICK)
+                    .min(ROTATION_TICK)
+            };
+            tokio::time::sleep(wait).await;
+            ticker
+                .authority
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .tick(clock.now());
+        }
+    }));
+
+    tracing::info!(plaintext = %plaintext_address, tls = %tls_address, "istiod serving xDS and the CA");
+    Ok(Istiod {
+        config,
+        seams,
+        resources: resources_tx,
+        snapshot: snapshot_tx,
+        ca,
+        tokens,
+        stats,
+        generation: AtomicU64::new(0),
+        plaintext_address,
+        tls_address,
+        tasks: Mutex::new(tasks),
+        stop,
+    })
+}
+
+impl Istiod {
+    pub fn config(&self) -> &IstiodConfig {
+        &self.config
+    }
+
+    /// The plaintext and TLS addresses actually bound.
+    pub fn addresses(&self) -> (SocketAddr, SocketAddr) {
+        (self.plaintext_address, self.tls_address)
+    }
+
+    /// Pushes `snapshot` to every connected ztunnel (only what changed for each).
+    pub fn publish(&self, snapshot: Snapshot) {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let encoded = PublishedResources::encode(&snapshot, generation);
+        self.snapshot.send_replace(Arc::new(snapshot));
+        self.resources.send_replace(Arc::new(encoded));
+    }
+
+    /// Publishes already-encoded resources as they are (tests use this to send a resource a
+    /// ztunnel must reject).
+    pub fn publish_resources(&self, resources: PublishedResources) {
+        self.resources.send_replace(Arc::new(resources));
+    }
+
+    /// The snapshot last published.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    pub fn stats(&self) -> &XdsStats {
+        &self.stats
+    }
+
+    /// A token for the ztunnel on `node`, valid for `ttl`.
+    pub fn issue_token(&self, node: &str, identity: Option<&Identity>, ttl: Duration) -> String {
+        self.tokens
+            .issue(node, identity, ttl, self.seams.clock.now())
+    }
+
+    /// Every root workloads must trust now.
+    pub fn trust_bundle(&self) -> String {
+        self.ca
+            .authority
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .trust_bundle()
+    }
+
+    /// Starts a root rotation to `next`: trusted now, signing after `activate_after`, the old
+    /// root trusted for `overlap` after that.
+    pub fn begin_root_rotation(&self, next: LocalCa, activate_after: Duration, overlap: Duration) {
+        self.ca
+            .authority
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .begin_rotation(next, self.seams.clock.now(), activate_after, overlap);
+    }
+
+    /// Stops serving: listeners close and open streams end.
+    pub fn shutdown(&self) {
+        self.stop.send_replace(true);
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Aborts a task when dropped, so an aborted server also stops its accept loop.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for Istiod {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,10 @@
+//! The xDS server: Delta ADS for `istio.workload.Address` and `istio.security.Authorization`,
+//! as upstream istiod serves ztunnels (wire facts §1).
+
+mod resources;
+mod server;
+mod stream;
+
+pub use resources::{Published, PublishedResources, SharedResources, TYPE_URLS, resource};
+pub use server::{AdsService, XdsStats};
+pub use stream::{Received, XdsStream};

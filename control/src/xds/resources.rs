@@ -1,0 +1,118 @@
+//! A [`Snapshot`] encoded as xDS resources, once per publish, so every stream diffs against the
+//! same bytes: names and aliases as istiod sends them (wire facts §1.4), and a version that is
+//! a hash of the encoded resource — equal content, equal version, across restarts too, so a
+//! reconnecting ztunnel that announces its versions is sent only what really changed.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use prost::Message;
+
+use dataplane::xds::proto::envoy::service::discovery::v3::Resource;
+use dataplane::xds::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, authorization_to_proto, service_to_proto,
+    workload_to_proto,
+};
+
+use crate::snapshot::Snapshot;
+
+/// One resource ready to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    pub resource: Resource,
+}
+
+/// Every resource of one publish, by type URL and name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PublishedResources {
+    /// Increases with every publish; for logs.
+    pub generation: u64,
+    pub by_type: BTreeMap<&'static str, BTreeMap<String, Published>>,
+}
+
+/// The two type URLs istiod serves to ztunnels, in the order ztunnel subscribes.
+pub const TYPE_URLS: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
+
+/// FNV-1a, 64 bit: stable across processes and platforms (unlike `DefaultHasher`).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn alias(network: &str, ip: &IpAddr) -> String {
+    format!("{network}/{ip}")
+}
+
+/// Wraps an encoded message as a named, versioned resource.
+pub fn resource(type_url: &str, name: String, aliases: Vec<String>, value: Vec<u8>) -> Published {
+    let version = format!("{:016x}", fnv1a(&value));
+    Published {
+        resource: Resource {
+            version,
+            resource: Some(prost_types::Any {
+                type_url: type_url.to_string(),
+                value,
+            }),
+            name,
+            aliases,
+            ttl: None,
+            cache_control: None,
+        },
+    }
+}
+
+impl PublishedResources {
+    /// Encodes `snapshot`.
+    pub fn encode(snapshot: &Snapshot, generation: u64) -> Self {
+        let mut addresses = BTreeMap::new();
+        for (uid, w) in &snapshot.workloads {
+            let aliases = w
+                .workload_ips
+                .iter()
+                .map(|ip| alias(&w.network, ip))
+                .collect();
+            let value = workload_to_proto(w).encode_to_vec();
+            addresses.insert(
+                uid.clone(),
+                resource(ADDRESS_TYPE_URL, uid.clone(), aliases, value),
+            );
+        }
+        for (key, s) in &snapshot.services {
+            let aliases = s
+                .vips
+                .iter()
+                .map(|v| alias(&v.network, &v.address))
+                .collect();
+            let value = service_to_proto(s).encode_to_vec();
+            addresses.insert(
+                key.clone(),
+                resource(ADDRESS_TYPE_URL, key.clone(), aliases, value),
+            );
+        }
+        let mut policies = BTreeMap::new();
+        for (key, p) in &snapshot.policies {
+            let value = authorization_to_proto(p).encode_to_vec();
+            policies.insert(
+                key.clone(),
+                resource(AUTHORIZATION_TYPE_URL, key.clone(), Vec::new(), value),
+            );
+        }
+        let mut by_type = BTreeMap::new();
+        by_type.insert(ADDRESS_TYPE_URL, addresses);
+        by_type.insert(AUTHORIZATION_TYPE_URL, policies);
+        PublishedResources {
+            generation,
+            by_type,
+        }
+    }
+
+    /// The resources of `type_url` (empty for a type we do not serve).
+    pub fn of(&self, type_url: &str) -> Option<&BTreeMap<String, Published>> {
+        self.by_type.get(type_url)
+    }
+}
+
+/// What the xDS server watches.
+pub type SharedResources = Arc<PublishedResources>;

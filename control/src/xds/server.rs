@@ -1,0 +1,180 @@
+//! The Delta ADS gRPC service: one task per ztunnel stream, driving an [`XdsStream`] from the
+//! client's requests and from publishes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use futures_util::Stream;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+use dataplane::seams::Clock;
+use dataplane::xds::proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use dataplane::xds::proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+
+use super::resources::SharedResources;
+use super::stream::{Received, XdsStream};
+use crate::ca::{TokenSigner, authenticate};
+
+/// Counters and the last NACKs, for logs, tests and the debug endpoint.
+#[derive(Debug, Default)]
+pub struct XdsStats {
+    pub streams_opened: AtomicU64,
+    pub streams_open: AtomicU64,
+    pub responses_sent: AtomicU64,
+    pub acks: AtomicU64,
+    pub nacks: AtomicU64,
+    /// `<node>: <type>: <message>` of the most recent NACKs (newest last, at most 32).
+    pub recent_nacks: Mutex<Vec<String>>,
+}
+
+/// How many NACK messages are kept.
+const RECENT_NACKS: usize = 32;
+
+/// The ADS service for one port.
+#[derive(Clone)]
+pub struct AdsService {
+    resources: watch::Receiver<SharedResources>,
+    /// `None`: no caller authentication (the plaintext port, as upstream's 15010).
+    tokens: Option<Arc<TokenSigner>>,
+    clock: Arc<dyn Clock>,
+    stats: Arc<XdsStats>,
+}
+
+impl AdsService {
+    pub fn new(
+        resources: watch::Receiver<SharedResources>,
+        tokens: Option<Arc<TokenSigner>>,
+        clock: Arc<dyn Clock>,
+        stats: Arc<XdsStats>,
+    ) -> Self {
+        AdsService {
+            resources,
+            tokens,
+            clock,
+            stats,
+        }
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn record(stats: &XdsStats, node: &str, received: &Received) {
+    match received {
+        Received::Subscribed { type_url } => {
+            tracing::debug!(node, type_url, "subscribed");
+        }
+        Received::Ack { .. } => {
+            stats.acks.fetch_add(1, Ordering::Relaxed);
+        }
+        Received::Nack {
+            type_url,
+            nonce,
+            message,
+        } => {
+            stats.nacks.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(node, type_url, nonce, message, "NACK");
+            let mut recent = stats
+                .recent_nacks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            recent.push(format!("{node}: {type_url}: {message}"));
+            if recent.len() > RECENT_NACKS {
+                recent.remove(0);
+            }
+        }
+        Received::UnknownType { type_url } => {
+            tracing::warn!(
+                node,
+                type_url,
+                "request for a type this server does not serve"
+            );
+        }
+    }
+}
+
+/// Runs one stream until the client goes away or the response channel closes.
+async fn drive(
+    mut requests: Streaming<DeltaDiscoveryRequest>,
+    mut resources: watch::Receiver<SharedResources>,
+    responses: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    stats: Arc<XdsStats>,
+) {
+    let mut stream = XdsStream::new(resources.borrow_and_update().clone());
+    let mut publishes_open = true;
+    loop {
+        let outgoing = tokio::select! {
+            biased;
+            request = requests.message() => match request {
+                Ok(Some(request)) => {
+                    let (response, received) = stream.on_request(request);
+                    record(&stats, stream.node().unwrap_or("unknown"), &received);
+                    response.into_iter().collect::<Vec<_>>()
+                }
+                Ok(None) => {
+                    tracing::info!(node = stream.node().unwrap_or("unknown"), "xDS stream closed by the client");
+                    break;
+                }
+                Err(status) => {
+                    tracing::warn!(node = stream.node().unwrap_or("unknown"), error = %status.message(), "xDS stream failed");
+                    break;
+                }
+            },
+            changed = resources.changed(), if publishes_open => {
+                if changed.is_err() {
+                    publishes_open = false;
+                    continue;
+                }
+                let latest = resources.borrow_and_update().clone();
+                stream.on_publish(latest)
+            }
+        };
+        for response in outgoing {
+            stats.responses_sent.fetch_add(1, Ordering::Relaxed);
+            if responses.send(Ok(response)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented(
+            "state-of-the-world xDS is not served; use DeltaAggregatedResources",
+        ))
+    }
+
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        if let Some(tokens) = &self.tokens {
+            authenticate(request.metadata(), tokens, self.clock.as_ref())
+                .inspect_err(|s| tracing::warn!(error = %s.message(), "xDS stream refused"))?;
+        }
+        let (tx, mut rx) = mpsc::channel(16);
+        let stats = self.stats.clone();
+        stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+        stats.streams_open.fetch_add(1, Ordering::Relaxed);
+        let resources = self.resources.clone();
+        tokio::spawn(async move {
+            drive(request.into_inner(), resources, tx, stats.clone()).await;
+            stats.streams_open.fetch_sub(1, Ordering::Relaxed);
+        });
+        let out = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(Response::new(Box::pin(out)))
+    }
+}

@@ -1,0 +1,208 @@
+//! One ztunnel's Delta ADS stream as a state machine, apart from the transport so it can be
+//! tested message by message.
+//!
+//! Per type URL the stream remembers what the client holds (name → version). A new
+//! subscription starts from the client's `initial_resource_versions` and is always answered,
+//! even with nothing (ztunnel's readiness waits for both types); afterwards each publish sends
+//! only the difference. Wildcard subscriptions get everything; on-demand keys (`<network>/<ip>`
+//! or `<namespace>/<hostname>`) match a resource by name or alias, and a key that matches
+//! nothing is answered as removed so the client stops waiting.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use dataplane::xds::proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
+
+use super::resources::{Published, PublishedResources, TYPE_URLS};
+
+#[derive(Debug, Default)]
+struct Subscription {
+    wildcard: bool,
+    /// On-demand keys asked for.
+    keys: BTreeSet<String>,
+    /// What the client holds: name → version.
+    sent: BTreeMap<String, String>,
+}
+
+impl Subscription {
+    fn wants(&self, name: &str, published: &Published) -> bool {
+        self.wildcard
+            || self.keys.contains(name)
+            || published
+                .resource
+                .aliases
+                .iter()
+                .any(|a| self.keys.contains(a))
+    }
+}
+
+/// What the server learned from one request, for logs and counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    Subscribed {
+        type_url: String,
+    },
+    Ack {
+        type_url: String,
+        nonce: String,
+    },
+    Nack {
+        type_url: String,
+        nonce: String,
+        message: String,
+    },
+    UnknownType {
+        type_url: String,
+    },
+}
+
+/// The state of one stream.
+#[derive(Debug)]
+pub struct XdsStream {
+    node: Option<String>,
+    subscriptions: BTreeMap<String, Subscription>,
+    nonce: u64,
+    resources: Arc<PublishedResources>,
+}
+
+impl XdsStream {
+    pub fn new(resources: Arc<PublishedResources>) -> Self {
+        XdsStream {
+            node: None,
+            subscriptions: BTreeMap::new(),
+            nonce: 0,
+            resources,
+        }
+    }
+
+    /// The client's node id, once it has sent one.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.nonce += 1;
+        self.nonce.to_string()
+    }
+
+    /// The response bringing `type_url`'s client up to date, if anything differs (or `always`).
+    fn diff(&mut self, type_url: &str, always: bool) -> Option<DeltaDiscoveryResponse> {
+        let empty = BTreeMap::new();
+        let current = self.resources.of(type_url).unwrap_or(&empty);
+        let sub = self.subscriptions.get_mut(type_url)?;
+        let mut resources = Vec::new();
+        let mut removed = Vec::new();
+        for (name, published) in current {
+            if sub.wants(name, published) && sub.sent.get(name) != Some(&published.resource.version)
+            {
+                sub.sent
+                    .insert(name.clone(), published.resource.version.clone());
+                resources.push(published.resource.clone());
+            }
+        }
+        let gone: Vec<String> = sub
+            .sent
+            .keys()
+            .filter(|name| {
+                current
+                    .get(*name)
+                    .is_none_or(|published| !sub.wants(name, published))
+            })
+            .cloned()
+            .collect();
+        for name in gone {
+            sub.sent.remove(&name);
+            removed.push(name);
+        }
+        // On-demand keys nothing answers: say so, once.
+        let unanswered: Vec<String> = sub
+            .keys
+            .iter()
+            .filter(|k| {
+                !current
+                    .iter()
+                    .any(|(n, p)| n == *k || p.resource.aliases.iter().any(|a| a == *k))
+            })
+            .cloned()
+            .collect();
+        for key in unanswered {
+            sub.keys.remove(&key);
+            removed.push(key);
+        }
+        if resources.is_empty() && removed.is_empty() && !always {
+            return None;
+        }
+        Some(DeltaDiscoveryResponse {
+            system_version_info: self.resources.generation.to_string(),
+            resources,
+            type_url: type_url.to_string(),
+            nonce: self.next_nonce(),
+            removed_resources: removed,
+        })
+    }
+
+    /// Handles one request; the response to send, if any, and what it was.
+    pub fn on_request(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+    ) -> (Option<DeltaDiscoveryResponse>, Received) {
+        if self.node.is_none()
+            && let Some(node) = &request.node
+        {
+            self.node = Some(node.id.clone());
+        }
+        let type_url = request.type_url.clone();
+        if !TYPE_URLS.contains(&type_url.as_str()) {
+            return (None, Received::UnknownType { type_url });
+        }
+        if !request.response_nonce.is_empty() {
+            let nonce = request.response_nonce;
+            return match request.error_detail {
+                Some(status) => (
+                    None,
+                    Received::Nack {
+                        type_url,
+                        nonce,
+                        message: status.message,
+                    },
+                ),
+                None => (None, Received::Ack { type_url, nonce }),
+            };
+        }
+        let first = !self.subscriptions.contains_key(&type_url);
+        let sub = self.subscriptions.entry(type_url.clone()).or_default();
+        if first {
+            sub.wildcard = request.resource_names_subscribe.is_empty()
+                || request.resource_names_subscribe.iter().any(|n| n == "*");
+            sub.sent = request.initial_resource_versions.into_iter().collect();
+        }
+        for name in request.resource_names_subscribe {
+            if name != "*" {
+                sub.keys.insert(name);
+            }
+        }
+        for name in &request.resource_names_unsubscribe {
+            if name == "*" {
+                sub.wildcard = false;
+            } else {
+                sub.keys.remove(name);
+            }
+        }
+        (
+            self.diff(&type_url, true),
+            Received::Subscribed { type_url },
+        )
+    }
+
+    /// A new publish: the responses for every subscribed type that changed.
+    pub fn on_publish(
+        &mut self,
+        resources: Arc<PublishedResources>,
+    ) -> Vec<DeltaDiscoveryResponse> {
+        self.resources = resources;
+        let types: Vec<String> = self.subscriptions.keys().cloned().collect();
+        types.iter().filter_map(|t| self.diff(t, false)).collect()
+    }
+}

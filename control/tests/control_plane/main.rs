@@ -1,0 +1,6 @@
+//! istiod and ztunnels together: xDS, the CA API, tokens, on real loopback sockets.
+
+mod ca;
+mod common;
+mod end_to_end;
+mod xds_stream;

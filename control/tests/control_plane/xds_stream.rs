@@ -1,0 +1,172 @@
+//! The Delta ADS stream, message by message (wire facts §1.5).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use control::xds::{PublishedResources, Received, XdsStream};
+use dataplane::xds::proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Node};
+use dataplane::xds::proto::google::rpc::Status;
+use dataplane::xds::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+
+use crate::common::*;
+
+/// The fixture cluster on one fixed subnet, so only `policies` differ between publishes.
+fn published(policies: &str, generation: u64) -> Arc<PublishedResources> {
+    Arc::new(PublishedResources::encode(
+        &snapshot([10, 1, 1], policies),
+        generation,
+    ))
+}
+
+fn subscribe(type_url: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        node: Some(Node {
+            id: "ztunnel~10.0.0.1~ztunnel-a.istio-system~istio-system.svc.cluster.local".into(),
+            ..Node::default()
+        }),
+        type_url: type_url.into(),
+        ..DeltaDiscoveryRequest::default()
+    }
+}
+
+fn ack(type_url: &str, nonce: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: type_url.into(),
+        response_nonce: nonce.into(),
+        ..DeltaDiscoveryRequest::default()
+    }
+}
+
+#[test]
+fn both_types_are_answered_even_when_empty() {
+    let empty = Arc::new(PublishedResources::encode(&Default::default(), 0));
+    let mut stream = XdsStream::new(empty);
+    for type_url in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL] {
+        let (response, received) = stream.on_request(subscribe(type_url));
+        let response = response.expect("an initial response, even with nothing in it");
+        assert!(response.resources.is_empty() && response.removed_resources.is_empty());
+        assert_eq!(response.type_url, type_url);
+        assert!(!response.nonce.is_empty());
+        assert_eq!(
+            received,
+            Received::Subscribed {
+                type_url: type_url.into()
+            }
+        );
+    }
+    assert!(stream.node().unwrap().starts_with("ztunnel~"));
+}
+
+#[test]
+fn initial_push_has_everything_then_only_changes() {
+    let first = published(&allow_only("cluster.local/ns/shop/sa/web"), 1);
+    let mut stream = XdsStream::new(first.clone());
+    let (addresses, _) = stream.on_request(subscribe(ADDRESS_TYPE_URL));
+    let names: Vec<_> = addresses
+        .unwrap()
+        .resources
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Kubernetes//Pod/shop/echo-0",
+            "Kubernetes//Pod/shop/web-0",
+            "shop/echo.shop.svc.cluster.local"
+        ]
+    );
+    let (policies, _) = stream.on_request(subscribe(AUTHORIZATION_TYPE_URL));
+    assert_eq!(policies.unwrap().resources[0].name, "shop/echo-policy");
+
+    // The same content again: nothing to send.
+    assert!(stream.on_publish(first.clone()).is_empty());
+
+    // Only the policy changed: one Authorization response with just it.
+    let second = published(&allow_only("cluster.local/ns/shop/sa/other"), 2);
+    let pushes = stream.on_publish(second);
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].type_url, AUTHORIZATION_TYPE_URL);
+    assert_eq!(pushes[0].resources.len(), 1);
+
+    // The policy is deleted: reported removed.
+    let third = published("", 3);
+    let pushes = stream.on_publish(third);
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].removed_resources, ["shop/echo-policy"]);
+    assert!(pushes[0].resources.is_empty());
+}
+
+#[test]
+fn reconnect_with_versions_gets_only_what_changed_and_what_went() {
+    let current = published(&allow_only("cluster.local/ns/shop/sa/web"), 1);
+    let held = current.of(ADDRESS_TYPE_URL).unwrap();
+    let mut versions: BTreeMap<String, String> = held
+        .iter()
+        .map(|(n, p)| (n.clone(), p.resource.version.clone()))
+        .collect();
+    // The client holds one stale version and a workload istiod no longer has.
+    versions.insert("Kubernetes//Pod/shop/web-0".into(), "stale".into());
+    versions.insert("Kubernetes//Pod/shop/gone-0".into(), "1".into());
+    let mut stream = XdsStream::new(current);
+    let mut request = subscribe(ADDRESS_TYPE_URL);
+    request.initial_resource_versions = versions;
+    let (response, _) = stream.on_request(request);
+    let response = response.unwrap();
+    let sent: Vec<_> = response.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(sent, ["Kubernetes//Pod/shop/web-0"]);
+    assert_eq!(response.removed_resources, ["Kubernetes//Pod/shop/gone-0"]);
+}
+
+#[test]
+fn acks_and_nacks_are_told_apart() {
+    let mut stream = XdsStream::new(published("", 1));
+    let (response, _) = stream.on_request(subscribe(AUTHORIZATION_TYPE_URL));
+    let nonce = response.unwrap().nonce;
+    let (none, received) = stream.on_request(ack(AUTHORIZATION_TYPE_URL, &nonce));
+    assert!(none.is_none());
+    assert!(matches!(received, Received::Ack { .. }));
+    let mut nack = ack(AUTHORIZATION_TYPE_URL, &nonce);
+    nack.error_detail = Some(Status {
+        code: 0,
+        message: "shop/p: unknown action 7".into(),
+        details: Vec::new(),
+    });
+    let (none, received) = stream.on_request(nack);
+    assert!(none.is_none());
+    assert_eq!(
+        received,
+        Received::Nack {
+            type_url: AUTHORIZATION_TYPE_URL.into(),
+            nonce,
+            message: "shop/p: unknown action 7".into()
+        }
+    );
+    let (none, received) = stream.on_request(subscribe("type.googleapis.com/envoy.config.Cluster"));
+    assert!(none.is_none());
+    assert!(matches!(received, Received::UnknownType { .. }));
+}
+
+#[test]
+fn on_demand_keys_match_by_alias_and_unknown_keys_are_answered() {
+    let net = subnet();
+    let current = Arc::new(PublishedResources::encode(&snapshot(net, ""), 1));
+    let mut stream = XdsStream::new(current);
+    let mut request = subscribe(ADDRESS_TYPE_URL);
+    request.resource_names_subscribe = vec!["*".into()];
+    request.resource_names_unsubscribe = vec!["*".into()];
+    let (response, _) = stream.on_request(request);
+    assert!(
+        response.unwrap().resources.is_empty(),
+        "subscribed to nothing"
+    );
+
+    let mut demand = subscribe(ADDRESS_TYPE_URL);
+    demand.node = None;
+    demand.resource_names_subscribe = vec![format!("/{}", ip(net, 3)), "/10.9.9.9".into()];
+    let (response, _) = stream.on_request(demand);
+    let response = response.unwrap();
+    let sent: Vec<_> = response.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(sent, ["Kubernetes//Pod/shop/echo-0"]);
+    assert_eq!(response.removed_resources, ["/10.9.9.9"]);
+}

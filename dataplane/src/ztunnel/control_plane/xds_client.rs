@@ -1,0 +1,123 @@
+//! The Delta ADS client (wire facts §1): one stream carrying both types, the node sent on the
+//! first request of each, every response applied resource by resource and answered with an
+//! ACK or a NACK naming what was rejected, reconnects announcing the versions held, and
+//! readiness once both types have been answered.
+//!
+//! While istiod is away the state stays as it was: connections keep being served from it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prost_types::{Struct, Value, value::Kind};
+use tokio::sync::mpsc;
+
+use super::channel::{ControlPlaneClient, ControlPlaneError};
+use crate::xds::proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use crate::xds::proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Node};
+use crate::xds::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, ResourceVersions, apply_response};
+use crate::ztunnel::{Config, Inner};
+
+/// Largest response accepted, as upstream.
+const MAX_MESSAGE: usize = 200 * 1024 * 1024;
+const INITIAL_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
+
+/// The node this ztunnel announces (wire facts §1.2).
+fn node(config: &Config) -> Node {
+    let id = format!(
+        "ztunnel~{}~{}.{}~{}.svc.cluster.local",
+        config.instance_ip, config.pod_name, config.pod_namespace, config.pod_namespace
+    );
+    let string = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.to_string())),
+    };
+    let fields = BTreeMap::from([
+        ("NAME".to_string(), string(&config.pod_name)),
+        ("NAMESPACE".to_string(), string(&config.pod_namespace)),
+        ("INSTANCE_IPS".to_string(), string(&config.instance_ip)),
+        ("NODE_NAME".to_string(), string(&config.node_name)),
+        ("CLUSTER_ID".to_string(), string(&config.cluster_id)),
+    ]);
+    Node {
+        id,
+        metadata: Some(Struct { fields }),
+        ..Node::default()
+    }
+}
+
+/// How one stream ended.
+struct Ended {
+    error: Option<ControlPlaneError>,
+    /// Whether any response arrived (then the next attempt starts from a short backoff).
+    progressed: bool,
+}
+
+async fn session(
+    inner: &Arc<Inner>,
+    client: &ControlPlaneClient,
+    versions: &mut ResourceVersions,
+) -> Ended {
+    let mut progressed = false;
+    let result = async {
+        let (tx, mut rx) = mpsc::channel(16);
+        for type_url in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL] {
+            let initial = DeltaDiscoveryRequest {
+                node: Some(node(&inner.config)),
+                type_url: type_url.to_string(),
+                initial_resource_versions: versions.initial(type_url),
+                ..DeltaDiscoveryRequest::default()
+            };
+            let _ = tx.try_send(initial);
+        }
+        let mut request =
+            tonic::Request::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        client.authorize(&mut request)?;
+        let mut ads = AggregatedDiscoveryServiceClient::new(client.channel())
+            .max_decoding_message_size(MAX_MESSAGE);
+        let mut responses = ads.delta_aggregated_resources(request).await?.into_inner();
+        tracing::info!(target = %client.target.host, "xDS stream open");
+        let mut answered = BTreeSet::new();
+        while let Some(response) = responses.message().await? {
+            progressed = true;
+            let reply = apply_response(&inner.state, versions, &response);
+            answered.insert(response.type_url.clone());
+            if tx.send(reply).await.is_err() {
+                break;
+            }
+            if answered.contains(ADDRESS_TYPE_URL)
+                && answered.contains(AUTHORIZATION_TYPE_URL)
+                && !inner.xds_synced.swap(true, Ordering::AcqRel)
+            {
+                tracing::info!("xDS synced: both resource types received");
+            }
+        }
+        Ok::<_, ControlPlaneError>(())
+    }
+    .await;
+    Ended {
+        error: result.err(),
+        progressed,
+    }
+}
+
+/// Keeps a stream to istiod open for as long as the ztunnel runs.
+pub(crate) async fn run(inner: Arc<Inner>, client: ControlPlaneClient) {
+    let mut versions = ResourceVersions::default();
+    let mut backoff = INITIAL_BACKOFF;
+    loop {
+        let ended = session(&inner, &client, &mut versions).await;
+        if ended.progressed {
+            backoff = INITIAL_BACKOFF;
+        }
+        match ended.error {
+            None => tracing::info!("xDS stream ended by the server; reconnecting"),
+            Some(err) => {
+                tracing::warn!(%err, retry_in = ?backoff, "xDS stream failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
