@@ -3,4 +3,5 @@
 mod ca;
 mod common;
 mod end_to_end;
+mod simulated;
 mod xds_stream;
