@@ -1,8 +1,10 @@
 //! `security.istio.io/v1` specs, accepting the same YAML as upstream (camelCase fields; unknown
 //! fields are errors).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
 /// Pods in the policy's namespace (or, from the root namespace, in any) whose labels include
@@ -179,3 +181,82 @@ pub struct PeerAuthenticationSpec {
     #[serde(default)]
     pub port_level_mtls: BTreeMap<u32, MutualTls>,
 }
+
+/// Status as the API server reports it; kept opaque because the control plane never reads it.
+pub type OpaqueStatus = Option<serde_yaml::Value>;
+
+/// A `security.istio.io/v1` (or `v1beta1`) AuthorizationPolicy object: the same YAML as
+/// upstream, with unknown fields rejected so that typos do not silently widen a policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationPolicy {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    /// Absent means `{}`: an ALLOW policy without rules, which denies everything it selects.
+    #[serde(default)]
+    pub spec: AuthorizationPolicySpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: OpaqueStatus,
+}
+
+/// A `security.istio.io/v1` (or `v1beta1`) PeerAuthentication object.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerAuthentication {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PeerAuthenticationSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: OpaqueStatus,
+}
+
+/// Implements `kube::Resource` by hand (rather than `#[derive(CustomResource)]`) so the objects
+/// keep an optional `spec`, reject unknown fields and need no JSON schema; the watcher only
+/// needs the API coordinates.
+macro_rules! istio_security_resource {
+    ($ty:ident, $kind:literal, $plural:literal) => {
+        impl kube::Resource for $ty {
+            type DynamicType = ();
+            type Scope = kube::core::NamespaceResourceScope;
+
+            fn kind(_: &()) -> Cow<'_, str> {
+                $kind.into()
+            }
+            fn group(_: &()) -> Cow<'_, str> {
+                "security.istio.io".into()
+            }
+            fn version(_: &()) -> Cow<'_, str> {
+                "v1".into()
+            }
+            fn plural(_: &()) -> Cow<'_, str> {
+                $plural.into()
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+istio_security_resource!(
+    AuthorizationPolicy,
+    "AuthorizationPolicy",
+    "authorizationpolicies"
+);
+istio_security_resource!(
+    PeerAuthentication,
+    "PeerAuthentication",
+    "peerauthentications"
+);

@@ -1,0 +1,203 @@
+//! What the API server (and istiod's validating webhook) would refuse: objects in a namespace
+//! that does not exist, addresses and CIDRs that do not parse, out-of-range ports, fields that
+//! may not be combined. Checked on apply so a bad object never reaches translation.
+
+use std::net::IpAddr;
+
+use dataplane::policy::Cidr;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+
+use super::{Store, StoreError};
+use crate::sources::Object;
+use crate::types::security::{AuthorizationPolicy, PeerAuthentication, Source};
+
+/// Collects the first problem found, with its field path.
+struct Check<'a> {
+    object: &'a Object,
+}
+
+impl Check<'_> {
+    fn fail(&self, field: impl Into<String>, message: impl Into<String>) -> StoreError {
+        StoreError {
+            object: self.object.key().to_string(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn cidrs(&self, field: &str, values: &[String]) -> Result<(), StoreError> {
+        for (i, value) in values.iter().enumerate() {
+            if let Err(e) = value.parse::<Cidr>() {
+                return Err(self.fail(format!("{field}[{i}]"), format!("invalid CIDR: {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn ports(&self, field: &str, values: &[String]) -> Result<(), StoreError> {
+        for (i, value) in values.iter().enumerate() {
+            if value.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(self.fail(
+                    format!("{field}[{i}]"),
+                    format!("invalid port {value:?}: must be 1..65535"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn ip(&self, field: &str, value: &str) -> Result<(), StoreError> {
+        value
+            .parse::<IpAddr>()
+            .map(|_| ())
+            .map_err(|_| self.fail(field, format!("invalid IP address {value:?}")))
+    }
+}
+
+pub(super) fn object(object: &Object, store: &Store) -> Result<(), StoreError> {
+    let check = Check { object };
+    if object.name().is_empty() {
+        return Err(check.fail("metadata.name", "missing"));
+    }
+    if object.kind().namespaced() {
+        let namespace = object.namespace();
+        if namespace.is_empty() {
+            return Err(check.fail("metadata.namespace", "missing"));
+        }
+        if store.config.require_namespaces && !store.namespace_exists(namespace) {
+            return Err(check.fail(
+                "metadata.namespace",
+                format!("namespace {namespace:?} does not exist"),
+            ));
+        }
+    }
+    match object {
+        Object::AuthorizationPolicy(policy) => authorization_policy(&check, policy),
+        Object::PeerAuthentication(pa) => peer_authentication(&check, pa),
+        Object::Service(service) => self::service(&check, service),
+        Object::Node(node) => self::node(&check, node),
+        Object::Pod(pod) => self::pod(&check, pod),
+        Object::Deployment(d) => match d.spec.as_ref().and_then(|s| s.replicas) {
+            Some(r) if r < 0 => Err(check.fail("spec.replicas", "must not be negative")),
+            _ => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+fn source(check: &Check<'_>, field: &str, s: &Source) -> Result<(), StoreError> {
+    check.cidrs(&format!("{field}.ipBlocks"), &s.ip_blocks)?;
+    check.cidrs(&format!("{field}.notIpBlocks"), &s.not_ip_blocks)?;
+    check.cidrs(&format!("{field}.remoteIpBlocks"), &s.remote_ip_blocks)?;
+    check.cidrs(
+        &format!("{field}.notRemoteIpBlocks"),
+        &s.not_remote_ip_blocks,
+    )
+}
+
+fn authorization_policy(check: &Check<'_>, policy: &AuthorizationPolicy) -> Result<(), StoreError> {
+    let spec = &policy.spec;
+    if spec.selector.is_some() && (spec.target_ref.is_some() || !spec.target_refs.is_empty()) {
+        return Err(check.fail(
+            "spec",
+            "only one of selector, targetRef or targetRefs may be set",
+        ));
+    }
+    for (r, rule) in spec.rules.iter().enumerate() {
+        for (f, from) in rule.from.iter().flatten().enumerate() {
+            source(
+                check,
+                &format!("spec.rules[{r}].from[{f}].source"),
+                &from.source,
+            )?;
+        }
+        for (t, to) in rule.to.iter().flatten().enumerate() {
+            let field = format!("spec.rules[{r}].to[{t}].operation");
+            check.ports(&format!("{field}.ports"), &to.operation.ports)?;
+            check.ports(&format!("{field}.notPorts"), &to.operation.not_ports)?;
+        }
+        for (w, when) in rule.when.iter().flatten().enumerate() {
+            let field = format!("spec.rules[{r}].when[{w}]");
+            match when.key.as_str() {
+                "source.ip" | "remote.ip" | "destination.ip" => {
+                    check.cidrs(&format!("{field}.values"), &when.values)?;
+                    check.cidrs(&format!("{field}.notValues"), &when.not_values)?;
+                }
+                "destination.port" => {
+                    check.ports(&format!("{field}.values"), &when.values)?;
+                    check.ports(&format!("{field}.notValues"), &when.not_values)?;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn peer_authentication(check: &Check<'_>, pa: &PeerAuthentication) -> Result<(), StoreError> {
+    if !pa.spec.port_level_mtls.is_empty() && pa.spec.selector.is_none() {
+        return Err(check.fail(
+            "spec.portLevelMtls",
+            "only allowed together with a selector",
+        ));
+    }
+    for port in pa.spec.port_level_mtls.keys() {
+        if *port == 0 || *port > u32::from(u16::MAX) {
+            return Err(check.fail(
+                format!("spec.portLevelMtls[{port}]"),
+                "port must be 1..65535",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn service(check: &Check<'_>, service: &Service) -> Result<(), StoreError> {
+    let Some(spec) = &service.spec else {
+        return Ok(());
+    };
+    let headless = |ip: &str| ip.is_empty() || ip == "None";
+    if let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| !headless(ip)) {
+        check.ip("spec.clusterIP", ip)?;
+    }
+    for (i, ip) in spec.cluster_ips.iter().flatten().enumerate() {
+        if !headless(ip) {
+            check.ip(&format!("spec.clusterIPs[{i}]"), ip)?;
+        }
+    }
+    for (i, port) in spec.ports.iter().flatten().enumerate() {
+        if u16::try_from(port.port).map_or(true, |p| p == 0) {
+            return Err(check.fail(
+                format!("spec.ports[{i}].port"),
+                format!("invalid port {}: must be 1..65535", port.port),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn node(check: &Check<'_>, node: &Node) -> Result<(), StoreError> {
+    let Some(spec) = &node.spec else {
+        return Ok(());
+    };
+    if let Some(cidr) = &spec.pod_cidr {
+        check.cidrs("spec.podCIDR", std::slice::from_ref(cidr))?;
+    }
+    check.cidrs(
+        "spec.podCIDRs",
+        spec.pod_cidrs.as_deref().unwrap_or_default(),
+    )
+}
+
+fn pod(check: &Check<'_>, pod: &Pod) -> Result<(), StoreError> {
+    let Some(status) = &pod.status else {
+        return Ok(());
+    };
+    if let Some(ip) = status.pod_ip.as_deref().filter(|ip| !ip.is_empty()) {
+        check.ip("status.podIP", ip)?;
+    }
+    for (i, ip) in status.pod_ips.iter().flatten().enumerate() {
+        check.ip(&format!("status.podIPs[{i}].ip"), &ip.ip)?;
+    }
+    Ok(())
+}
