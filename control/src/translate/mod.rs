@@ -2,3 +2,9 @@
 
 pub mod authorization;
 pub mod peer_authentication;
+pub mod services;
+mod snapshot;
+pub mod waypoints;
+pub mod workloads;
+
+pub use snapshot::snapshot;

@@ -1,0 +1,173 @@
+//! Waypoint binding (wire facts §5, policy-semantics §4.2–4.3): which Gateway of class
+//! `istio-waypoint` a Service or a pod uses, and the `GatewayAddress` istiod sends for it.
+//!
+//! Resolution: the object's own `istio.io/use-waypoint` label wins (`none` opts out), else
+//! its namespace's; `istio.io/use-waypoint-namespace` next to the label used names the
+//! waypoint's namespace. The waypoint must exist, admit the object's namespace on its HBONE
+//! listener (`allowedRoutes.namespaces`, Same by default), and carry traffic of that kind
+//! (`istio.io/waypoint-for`: service by default, workload, all, none). Otherwise: no waypoint
+//! (traffic goes direct, as upstream does for a bogus or unready waypoint).
+//!
+//! Readiness is not checked: without a real cluster nothing writes the Gateway's status, and
+//! deploying the waypoint is the control plane's own job.
+
+use std::collections::BTreeMap;
+
+use dataplane::state::{GatewayAddress, GatewayDestination, NamespacedHostname};
+use gateway_api::gateways::{Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From};
+
+use crate::snapshot::MeshConfig;
+use crate::store::Store;
+
+pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
+pub const USE_WAYPOINT_NAMESPACE: &str = "istio.io/use-waypoint-namespace";
+pub const WAYPOINT_FOR: &str = "istio.io/waypoint-for";
+pub const WAYPOINT_CLASS: &str = "istio-waypoint";
+/// Label on a gateway's own pods and Service.
+pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
+/// The HBONE port every waypoint listens on.
+pub const HBONE_PORT: u16 = 15008;
+
+/// What is being bound: Service traffic or pod-addressed (workload) traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrafficKind {
+    Service,
+    Workload,
+}
+
+fn labels_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> &BTreeMap<String, String> {
+    static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+    meta.labels.as_ref().unwrap_or(&EMPTY)
+}
+
+/// `(namespace, name)` of the waypoint named by these labels: `None` when they say nothing,
+/// `Some(None)` for an explicit `none`.
+fn named(labels: &BTreeMap<String, String>, namespace: &str) -> Option<Option<(String, String)>> {
+    let name = labels.get(USE_WAYPOINT)?;
+    if name == "none" || name.is_empty() {
+        return Some(None);
+    }
+    let ns = labels
+        .get(USE_WAYPOINT_NAMESPACE)
+        .filter(|ns| !ns.is_empty())
+        .map_or(namespace, String::as_str);
+    Some(Some((ns.to_string(), name.clone())))
+}
+
+/// Whether `gateway` is a waypoint.
+pub fn is_waypoint(gateway: &Gateway) -> bool {
+    gateway.spec.gateway_class_name == WAYPOINT_CLASS
+}
+
+/// Whether the waypoint carries traffic of `kind`.
+fn carries(gateway: &Gateway, kind: TrafficKind) -> bool {
+    let waypoint_for = labels_of(&gateway.metadata)
+        .get(WAYPOINT_FOR)
+        .map_or("service", String::as_str);
+    matches!(
+        (waypoint_for, kind),
+        ("all", _) | ("service", TrafficKind::Service) | ("workload", TrafficKind::Workload)
+    )
+}
+
+fn selector_matches(
+    selector: &gateway_api::gateways::GatewayListenersAllowedRoutesNamespacesSelector,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let expressions_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    labels_ok && expressions_ok
+}
+
+/// Whether the waypoint's HBONE listener admits objects from `namespace`.
+fn admits(store: &Store, gateway: &Gateway, namespace: &str) -> bool {
+    let gateway_ns = gateway.metadata.namespace.as_deref().unwrap_or("");
+    let hbone: Vec<_> = gateway
+        .spec
+        .listeners
+        .iter()
+        .filter(|l| l.protocol == "HBONE")
+        .collect();
+    if hbone.is_empty() {
+        return namespace == gateway_ns;
+    }
+    hbone.iter().any(|listener| {
+        let namespaces = listener
+            .allowed_routes
+            .as_ref()
+            .and_then(|a| a.namespaces.as_ref());
+        match namespaces.and_then(|n| n.from.as_ref()) {
+            None | Some(From::Same) => namespace == gateway_ns,
+            Some(From::All) => true,
+            Some(From::Selector) => {
+                let labels = store
+                    .namespace(namespace)
+                    .map(|n| labels_of(&n.metadata).clone())
+                    .unwrap_or_default();
+                namespaces
+                    .and_then(|n| n.selector.as_ref())
+                    .is_some_and(|s| selector_matches(s, &labels))
+            }
+        }
+    })
+}
+
+/// The address istiod sends for a waypoint: its Service by hostname, HBONE on 15008.
+pub fn address(mesh: &MeshConfig, namespace: &str, name: &str) -> GatewayAddress {
+    GatewayAddress {
+        destination: GatewayDestination::Hostname(NamespacedHostname {
+            namespace: namespace.to_string(),
+            hostname: format!("{name}.{namespace}.svc.{}", mesh.domain_suffix),
+        }),
+        hbone_mtls_port: HBONE_PORT,
+    }
+}
+
+/// The waypoint for an object in `namespace` with `labels`, carrying `kind` traffic.
+pub fn resolve(
+    store: &Store,
+    mesh: &MeshConfig,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    kind: TrafficKind,
+) -> Option<GatewayAddress> {
+    // Waypoints (and their Services) never use a waypoint themselves.
+    if labels.contains_key(GATEWAY_NAME) {
+        return None;
+    }
+    let chosen = match named(labels, namespace) {
+        Some(chosen) => chosen,
+        None => {
+            let ns_labels = store.namespace(namespace).map(|n| labels_of(&n.metadata))?;
+            named(ns_labels, namespace)?
+        }
+    };
+    let (gw_ns, gw_name) = chosen?;
+    let gateway = store.gateway(&gw_ns, &gw_name)?;
+    (is_waypoint(gateway) && carries(gateway, kind) && admits(store, gateway, namespace))
+        .then(|| address(mesh, &gw_ns, &gw_name))
+}
+
+/// Whether a pod with `labels` in `namespace` is one of a waypoint's own pods.
+pub fn is_waypoint_pod(store: &Store, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+    labels
+        .get(GATEWAY_NAME)
+        .and_then(|name| store.gateway(namespace, name))
+        .is_some_and(is_waypoint)
+}
