@@ -1,0 +1,12 @@
+//! The control plane's integration tests, one binary (link time matters on two cores).
+
+mod common;
+mod example_cluster;
+mod policies;
+mod schedule;
+mod services;
+mod sources;
+mod translate_authorization;
+mod translate_peer_authentication;
+mod waypoints;
+mod workloads;

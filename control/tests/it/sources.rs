@@ -1,0 +1,392 @@
+//! Reading manifests: documents, lists, kinds, and errors that say where and what.
+
+use std::path::PathBuf;
+
+use control::sources::{self, Kind, Object};
+use control::store::StoreConfig;
+
+use crate::common::{BASE, error, store};
+
+#[test]
+fn multi_document_with_comments_and_empty_documents() {
+    let loaded = sources::parse_str(
+        "# leading comment\n---\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n# only a comment\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n",
+        "x.yaml",
+    )
+    .unwrap();
+    let names: Vec<&str> = loaded.iter().map(|l| l.object.name()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(loaded[1].origin.line, 9);
+}
+
+#[test]
+fn list_kind_expands_to_its_items() {
+    let loaded = sources::parse_str(
+        r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Namespace
+  metadata: {name: a}
+- apiVersion: v1
+  kind: ServiceAccount
+  metadata: {name: s, namespace: a}
+"#,
+        "list.yaml",
+    )
+    .unwrap();
+    let kinds: Vec<Kind> = loaded.iter().map(|l| l.object.kind()).collect();
+    assert_eq!(kinds, [Kind::Namespace, Kind::ServiceAccount]);
+}
+
+#[test]
+fn every_kind_parses() {
+    let s = store(&format!(
+        "{BASE}\n---\n{}",
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: sa, namespace: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc, namespace: shop}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: d, namespace: shop}
+spec: {selector: {}, template: {}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: shop}
+spec: {containers: [{name: c, image: x}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: e, namespace: shop}
+addressType: IPv4
+endpoints: []
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: shop}
+spec:
+  parentRefs: [{name: echo, kind: Service, group: ""}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x, value: y}]}
+    backendRefs: [{name: echo, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: g, namespace: shop}
+spec:
+  parentRefs: [{name: echo, kind: Service, group: ""}]
+  rules: [{backendRefs: [{name: echo, port: 80}]}]
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: pa, namespace: shop}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: shop}
+"#
+    ));
+    for kind in Kind::ALL {
+        assert!(s.of_kind(kind).next().is_some(), "no {kind}");
+    }
+    // No spec: an ALLOW without rules.
+    match s.get(Kind::AuthorizationPolicy, "shop", "deny-all") {
+        Some(Object::AuthorizationPolicy(p)) => assert!(p.spec.rules.is_empty()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn missing_namespace_means_default() {
+    let s = store("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: sa}\n");
+    assert!(s.get(Kind::ServiceAccount, "default", "sa").is_some());
+}
+
+#[test]
+fn malformed_yaml_names_file_and_line() {
+    let e = error("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\nkind: [unclosed\n");
+    assert!(e.starts_with("test.yaml:"), "{e}");
+    assert!(e.contains("document 2"), "{e}");
+    assert!(e.starts_with("test.yaml:6"), "{e}");
+    // libyaml's own line numbers are the file's too, not the document's.
+    assert!(e.contains("line 5"), "{e}");
+}
+
+#[test]
+fn unknown_field_in_authorization_policy_names_object_and_field() {
+    let e = error(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-web, namespace: shop}
+spec:
+  rules:
+  - from:
+    - source:
+        principal: ["cluster.local/ns/shop/sa/web"]
+"#,
+    );
+    assert!(e.contains("AuthorizationPolicy shop/allow-web"), "{e}");
+    assert!(e.contains("spec.rules[0].from[0].source"), "{e}");
+    assert!(e.contains("unknown field `principal`"), "{e}");
+    assert!(
+        e.contains("test.yaml:12") || e.contains("test.yaml:11"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_field_in_kubernetes_kind_is_an_error() {
+    let e = error(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  ports: [{port: 80, targetPrt: 8080}]
+"#,
+    );
+    assert!(e.contains("Service default/echo"), "{e}");
+    assert!(e.contains("spec.ports[0].targetPrt: unknown field"), "{e}");
+    assert!(e.starts_with("test.yaml:5 "), "{e}");
+}
+
+#[test]
+fn unknown_field_in_gateway_is_an_error() {
+    let e = error(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: w}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE, tlsMode: x}]
+"#,
+    );
+    assert!(e.contains("Gateway default/w"), "{e}");
+    assert!(e.contains("spec.listeners[0].tlsMode"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_the_field() {
+    let e = error(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  replicas: lots\n  selector: {}\n  template: {}\n",
+    );
+    assert!(e.contains("Deployment default/d"), "{e}");
+    assert!(e.contains("spec.replicas: invalid type"), "{e}");
+    assert!(e.starts_with("test.yaml:5 "), "{e}");
+}
+
+#[test]
+fn unknown_kind_is_named() {
+    let e = error("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n");
+    assert!(e.contains("unknown kind `ConfigMap`"), "{e}");
+    assert!(e.contains("ConfigMap c"), "{e}");
+}
+
+#[test]
+fn unsupported_api_version_is_named() {
+    let e = error("apiVersion: apps/v1beta1\nkind: Deployment\nmetadata: {name: d}\n");
+    assert!(e.contains("apiVersion `apps/v1beta1`"), "{e}");
+    assert!(e.contains("apps/v1"), "{e}");
+}
+
+#[test]
+fn missing_kind_and_missing_name() {
+    assert!(error("apiVersion: v1\nmetadata: {name: a}\n").contains("missing `kind`"));
+    assert!(error("apiVersion: v1\nkind: Namespace\nmetadata: {}\n").contains("metadata.name"));
+}
+
+#[test]
+fn scalar_document_is_refused() {
+    assert!(error("just a string\n").contains("mapping"));
+}
+
+#[test]
+fn invalid_cidr_in_policy_names_object_and_field() {
+    let e = error(
+        r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: default}
+spec:
+  rules:
+  - from:
+    - source:
+        ipBlocks: ["10.0.0.0/8", "10.0.0.0/33"]
+"#,
+    );
+    assert!(e.contains("AuthorizationPolicy default/p"), "{e}");
+    assert!(
+        e.contains("spec.rules[0].from[0].source.ipBlocks[1]"),
+        "{e}"
+    );
+    assert!(e.contains("test.yaml:1"), "{e}");
+}
+
+#[test]
+fn invalid_remote_ip_block_is_refused() {
+    let e = error(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  rules: [{from: [{source: {remoteIpBlocks: [nope]}}]}]\n",
+    );
+    assert!(e.contains("remoteIpBlocks[0]"), "{e}");
+}
+
+#[test]
+fn invalid_port_in_policy_is_refused() {
+    let e = error(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  rules: [{to: [{operation: {ports: [\"http\"]}}]}]\n",
+    );
+    assert!(e.contains("spec.rules[0].to[0].operation.ports[0]"), "{e}");
+}
+
+#[test]
+fn policy_in_missing_namespace_is_refused() {
+    let e = error(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: nowhere}\n",
+    );
+    assert!(e.contains("AuthorizationPolicy nowhere/p"), "{e}");
+    assert!(e.contains("metadata.namespace"), "{e}");
+    assert!(e.contains("\"nowhere\" does not exist"), "{e}");
+}
+
+#[test]
+fn root_and_system_namespaces_always_exist() {
+    store(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p, namespace: istio-system}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: s, namespace: kube-system}\n",
+    );
+}
+
+#[test]
+fn namespace_may_come_after_what_lives_in_it() {
+    store(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: s, namespace: late}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: late}\n",
+    );
+}
+
+#[test]
+fn port_level_mtls_without_selector_is_refused() {
+    let e = error(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec:\n  portLevelMtls: {8080: {mode: DISABLE}}\n",
+    );
+    assert!(
+        e.contains("PeerAuthentication default/p: spec.portLevelMtls"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_cluster_ip_and_pod_cidr_are_refused() {
+    assert!(
+        error(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {clusterIP: 10.0.0.300}\n"
+        )
+        .contains("spec.clusterIP")
+    );
+    assert!(
+        error("apiVersion: v1\nkind: Node\nmetadata: {name: n}\nspec: {podCIDR: 10.0.0.0/40}\n")
+            .contains("Node n: spec.podCIDR")
+    );
+}
+
+#[test]
+fn cluster_scoped_kind_with_namespace_is_refused() {
+    assert!(
+        error("apiVersion: v1\nkind: Node\nmetadata: {name: n, namespace: x}\n")
+            .contains("cluster-scoped")
+    );
+}
+
+#[test]
+fn a_bad_object_leaves_the_store_intact() {
+    let mut s = store(BASE);
+    let before = s.len();
+    let bad = sources::parse_str(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: ok, namespace: shop}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: bad, namespace: missing}\n",
+        "bad.yaml",
+    )
+    .unwrap();
+    let e = sources::apply_loaded(&mut s, bad).unwrap_err().to_string();
+    assert!(
+        e.starts_with("bad.yaml:4 (document 2): ServiceAccount missing/bad"),
+        "{e}"
+    );
+    assert_eq!(s.len(), before);
+    // One object at a time: same.
+    let one = sources::parse_str(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: bad, namespace: missing}\n",
+        "x",
+    )
+    .unwrap();
+    assert!(s.apply(one[0].object.clone()).is_err());
+    assert_eq!(s.len(), before);
+}
+
+#[test]
+fn apply_and_delete_report_changes() {
+    let mut s = store(BASE);
+    let sa = sources::parse_str(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: s, namespace: shop}\n",
+        "x",
+    )
+    .unwrap()
+    .remove(0)
+    .object;
+    assert!(s.apply(sa.clone()).unwrap());
+    assert!(!s.apply(sa).unwrap());
+    assert!(s.delete(Kind::ServiceAccount, "shop", "s"));
+    assert!(!s.delete(Kind::ServiceAccount, "shop", "s"));
+}
+
+#[test]
+fn deleting_a_namespace_deletes_its_objects() {
+    let mut s = store(&format!(
+        "{BASE}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: s, namespace: shop}}\n"
+    ));
+    assert!(s.delete(Kind::Namespace, "", "shop"));
+    assert!(s.get(Kind::ServiceAccount, "shop", "s").is_none());
+}
+
+fn example_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/cluster")
+}
+
+#[test]
+fn directory_loads_and_validates() {
+    let s = sources::validate(&[example_dir()], StoreConfig::default()).unwrap();
+    assert!(s.len() >= 9);
+}
+
+#[test]
+fn validate_reports_unreadable_path() {
+    let e = sources::validate(
+        &[PathBuf::from("/nonexistent/manifests.yaml")],
+        StoreConfig::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("/nonexistent/manifests.yaml: cannot read"),
+        "{e}"
+    );
+}

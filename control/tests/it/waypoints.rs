@@ -1,0 +1,240 @@
+//! Waypoint binding for Services and workloads (wire facts §5, policy-semantics §4.3).
+
+use dataplane::state::{GatewayAddress, GatewayDestination, NamespacedHostname, TunnelProtocol};
+
+use crate::common::{deployment, snap, uid};
+
+const SVC: &str = "shop/echo.shop.svc.cluster.local";
+
+fn waypoint(ns: &str, name: &str, waypoint_for: Option<&str>, from: &str) -> String {
+    let label = waypoint_for
+        .map(|w| format!("\n  labels: {{istio.io/waypoint-for: {w}}}"))
+        .unwrap_or_default();
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: {name}
+  namespace: {ns}{label}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+    allowedRoutes: {{namespaces: {{from: {from}}}}}
+"#
+    )
+}
+
+fn service(labels: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: echo\n  namespace: shop\n  labels: {{{labels}}}\nspec: {{selector: {{app: echo}}, ports: [{{port: 80}}]}}\n"
+    )
+}
+
+fn address(ns: &str, name: &str) -> Option<GatewayAddress> {
+    Some(GatewayAddress {
+        destination: GatewayDestination::Hostname(NamespacedHostname {
+            namespace: ns.into(),
+            hostname: format!("{name}.{ns}.svc.cluster.local"),
+        }),
+        hbone_mtls_port: 15008,
+    })
+}
+
+fn namespace(labels: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels: {{istio.io/dataplane-mode: ambient{labels}}}\n"
+    )
+}
+
+#[test]
+fn service_label_binds_the_service() {
+    let s = snap(&format!(
+        "{}---\n{}",
+        waypoint("shop", "waypoint", None, "Same"),
+        service("istio.io/use-waypoint: waypoint")
+    ));
+    assert_eq!(s.services[SVC].waypoint, address("shop", "waypoint"));
+}
+
+#[test]
+fn namespace_label_binds_services() {
+    let s = snap(&format!(
+        "{}---\n{}---\n{}",
+        namespace(", istio.io/use-waypoint: waypoint"),
+        waypoint("shop", "waypoint", None, "Same"),
+        service("")
+    ));
+    assert_eq!(s.services[SVC].waypoint, address("shop", "waypoint"));
+}
+
+#[test]
+fn object_label_none_overrides_namespace() {
+    let s = snap(&format!(
+        "{}---\n{}---\n{}",
+        namespace(", istio.io/use-waypoint: waypoint"),
+        waypoint("shop", "waypoint", None, "Same"),
+        service("istio.io/use-waypoint: none")
+    ));
+    assert_eq!(s.services[SVC].waypoint, None);
+}
+
+#[test]
+fn object_label_overrides_namespace_choice() {
+    let s = snap(&format!(
+        "{}---\n{}---\n{}---\n{}",
+        namespace(", istio.io/use-waypoint: waypoint"),
+        waypoint("shop", "waypoint", None, "Same"),
+        waypoint("shop", "special", None, "Same"),
+        service("istio.io/use-waypoint: special")
+    ));
+    assert_eq!(s.services[SVC].waypoint, address("shop", "special"));
+}
+
+#[test]
+fn missing_waypoint_means_no_binding() {
+    let s = snap(&service("istio.io/use-waypoint: nosuch"));
+    assert_eq!(s.services[SVC].waypoint, None);
+}
+
+#[test]
+fn gateway_of_another_class_is_not_a_waypoint() {
+    let s = snap(&format!(
+        "{}---\n{}",
+        waypoint("shop", "waypoint", None, "Same").replace("istio-waypoint", "istio"),
+        service("istio.io/use-waypoint: waypoint")
+    ));
+    assert_eq!(s.services[SVC].waypoint, None);
+}
+
+#[test]
+fn workload_waypoint_does_not_take_services() {
+    let s = snap(&format!(
+        "{}---\n{}",
+        waypoint("shop", "waypoint", Some("workload"), "Same"),
+        service("istio.io/use-waypoint: waypoint")
+    ));
+    assert_eq!(s.services[SVC].waypoint, None);
+}
+
+#[test]
+fn service_waypoint_does_not_take_workloads() {
+    let s = snap(&format!(
+        "{}---\n{}---\n{}",
+        namespace(", istio.io/use-waypoint: waypoint"),
+        waypoint("shop", "waypoint", None, "Same"),
+        deployment("shop", "echo", "", "echo", "")
+    ));
+    assert_eq!(s.workloads[&uid("shop", "echo-0")].waypoint, None);
+}
+
+#[test]
+fn workload_waypoint_binds_pods() {
+    let s = snap(&format!(
+        "{}---\n{}",
+        waypoint("shop", "waypoint", Some("workload"), "Same"),
+        deployment(
+            "shop",
+            "echo",
+            ", istio.io/use-waypoint: waypoint",
+            "echo",
+            ""
+        )
+    ));
+    assert_eq!(
+        s.workloads[&uid("shop", "echo-0")].waypoint,
+        address("shop", "waypoint")
+    );
+}
+
+#[test]
+fn all_waypoint_binds_both() {
+    let s = snap(&format!(
+        "{}---\n{}---\n{}---\n{}",
+        namespace(", istio.io/use-waypoint: waypoint"),
+        waypoint("shop", "waypoint", Some("all"), "Same"),
+        service(""),
+        deployment("shop", "echo", "", "echo", "")
+    ));
+    assert_eq!(s.services[SVC].waypoint, address("shop", "waypoint"));
+    assert_eq!(
+        s.workloads[&uid("shop", "echo-0")].waypoint,
+        address("shop", "waypoint")
+    );
+}
+
+#[test]
+fn none_waypoint_binds_nothing() {
+    let s = snap(&format!(
+        "{}---\n{}",
+        waypoint("shop", "waypoint", Some("none"), "Same"),
+        service("istio.io/use-waypoint: waypoint")
+    ));
+    assert_eq!(s.services[SVC].waypoint, None);
+}
+
+const INFRA_NS: &str =
+    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: infra\n  labels: {team: infra}\n";
+
+#[test]
+fn cross_namespace_waypoint_needs_the_listener_to_allow_it() {
+    let labels = "istio.io/use-waypoint: shared, istio.io/use-waypoint-namespace: infra";
+    let allowed = snap(&format!(
+        "{INFRA_NS}---\n{}---\n{}",
+        waypoint("infra", "shared", None, "All"),
+        service(labels)
+    ));
+    assert_eq!(allowed.services[SVC].waypoint, address("infra", "shared"));
+    let same_only = snap(&format!(
+        "{INFRA_NS}---\n{}---\n{}",
+        waypoint("infra", "shared", None, "Same"),
+        service(labels)
+    ));
+    assert_eq!(same_only.services[SVC].waypoint, None);
+}
+
+#[test]
+fn namespace_selector_on_the_listener() {
+    let gw = waypoint("infra", "shared", None, "Selector").replace(
+        "{from: Selector}",
+        "{from: Selector, selector: {matchLabels: {istio.io/dataplane-mode: ambient}}}",
+    );
+    let s = snap(&format!(
+        "{INFRA_NS}---\n{gw}---\n{}",
+        service("istio.io/use-waypoint: shared, istio.io/use-waypoint-namespace: infra")
+    ));
+    assert_eq!(s.services[SVC].waypoint, address("infra", "shared"));
+}
+
+#[test]
+fn cross_namespace_from_namespace_labels() {
+    let s = snap(&format!(
+        "{INFRA_NS}---\n{}---\n{}---\n{}",
+        namespace(", istio.io/use-waypoint: shared, istio.io/use-waypoint-namespace: infra"),
+        waypoint("infra", "shared", None, "All"),
+        service("")
+    ));
+    assert_eq!(s.services[SVC].waypoint, address("infra", "shared"));
+}
+
+#[test]
+fn waypoint_pods_never_use_a_waypoint_and_tunnel_natively() {
+    let s = snap(&format!(
+        "{}---\n{}---\n{}",
+        namespace(", istio.io/use-waypoint: waypoint"),
+        waypoint("shop", "waypoint", Some("all"), "Same"),
+        deployment(
+            "shop",
+            "waypoint",
+            ", gateway.networking.k8s.io/gateway-name: waypoint",
+            "waypoint",
+            ""
+        )
+    ));
+    let w = &s.workloads[&uid("shop", "waypoint-0")];
+    assert_eq!(w.waypoint, None);
+    assert!(w.native_tunnel);
+    assert_eq!(w.protocol, TunnelProtocol::Hbone);
+}
