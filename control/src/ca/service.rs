@@ -33,6 +33,8 @@ pub struct CaShared {
     pub clock: Arc<dyn Clock>,
     /// The newest published snapshot: who runs where, for the node check.
     pub snapshot: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    /// Certificates issued so far.
+    pub issued: std::sync::atomic::AtomicU64,
 }
 
 /// Checks the caller's bearer token; the gRPC status says why it was refused.
@@ -156,6 +158,9 @@ impl IstioCertificateService for CaService {
                 tracing::warn!(node = %claims.node, %identity, error = %e, "CSR refused");
                 Status::invalid_argument(e.to_string())
             })?;
+        shared
+            .issued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(node = %claims.node, %identity, "certificate issued");
         Ok(Response::new(IstioCertificateResponse {
             cert_chain: chain,

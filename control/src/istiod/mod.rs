@@ -130,6 +130,7 @@ pub async fn run(
         tokens: TokenSigner::new(token_secret),
         clock: seams.clock.clone(),
         snapshot: snapshot_rx,
+        issued: AtomicU64::new(0),
     });
 
     let bind = |port: u16| {
@@ -265,6 +266,11 @@ impl Istiod {
     pub fn issue_token(&self, node: &str, identity: Option<&Identity>, ttl: Duration) -> String {
         self.tokens
             .issue(node, identity, ttl, self.seams.clock.now())
+    }
+
+    /// Workload certificates issued since start.
+    pub fn certificates_issued(&self) -> u64 {
+        self.ca.issued.load(Ordering::Relaxed)
     }
 
     /// Every root workloads must trust now.

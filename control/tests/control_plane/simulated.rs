@@ -13,7 +13,7 @@ use control::istiod::{self, ISTIOD_HOSTNAME, IstiodConfig};
 use control::snapshot::Snapshot;
 use dataplane::identity::LocalCa;
 use dataplane::localconfig::LocalConfig;
-use dataplane::seams::{Entropy, Seams, SimClock, SimNetwork};
+use dataplane::seams::{Clock, Entropy, Seams, SimClock, SimNetwork};
 use dataplane::state::{State, StateHandle};
 use dataplane::ztunnel::{self, AuthToken, CaClient, Config, ControlPlaneClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -68,6 +68,14 @@ struct Shared {
     desired: Arc<Mutex<(u64, Snapshot)>>,
     /// Per node: how many policies its ztunnel holds.
     policies: Arc<[AtomicUsize; 3]>,
+    /// A root rotation for istiod to begin: (activate after, overlap).
+    rotate: Arc<Mutex<Option<(Duration, Duration)>>>,
+    /// istiod's trust bundle, as last seen.
+    bundle: Arc<Mutex<String>>,
+    /// Certificates istiod has issued.
+    issued: Arc<AtomicUsize>,
+    /// Lifetime the ztunnels ask for (`SECRET_TTL`); 24 h when zero.
+    certificate_ttl: Arc<Mutex<Duration>>,
 }
 
 fn build(sim: &mut turmoil::Sim<'_>, network: &SimNetwork, shared: &Shared) {
@@ -97,6 +105,14 @@ fn build(sim: &mut turmoil::Sim<'_>, network: &SimNetwork, shared: &Shared) {
                         istiod.publish(snapshot);
                         published = Some(generation);
                     }
+                    if let Some((activate_after, overlap)) = shared.rotate.lock().unwrap().take() {
+                        let next = LocalCa::generate("cluster.local", SimClock.now())?;
+                        istiod.begin_root_rotation(next, activate_after, overlap);
+                    }
+                    *shared.bundle.lock().unwrap() = istiod.trust_bundle();
+                    shared
+                        .issued
+                        .store(istiod.certificates_issued() as usize, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -121,6 +137,15 @@ fn build(sim: &mut turmoil::Sim<'_>, network: &SimNetwork, shared: &Shared) {
                     pod_name: format!("ztunnel-{node}"),
                     pod_namespace: "istio-system".into(),
                     ..Config::default()
+                };
+                let ttl = *shared.certificate_ttl.lock().unwrap();
+                let config = if ttl.is_zero() {
+                    config
+                } else {
+                    Config {
+                        certificate_ttl: ttl,
+                        ..config
+                    }
                 };
                 let seams = Seams {
                     network: Arc::new(network),
@@ -162,11 +187,15 @@ fn build(sim: &mut turmoil::Sim<'_>, network: &SimNetwork, shared: &Shared) {
 }
 
 fn sim<'a>() -> turmoil::Sim<'a> {
+    sim_for(Duration::from_secs(300), Duration::from_millis(5))
+}
+
+fn sim_for<'a>(duration: Duration, tick: Duration) -> turmoil::Sim<'a> {
     turmoil::Builder::new()
         .epoch(epoch())
         .rng_seed(11)
-        .simulation_duration(Duration::from_secs(300))
-        .tick_duration(Duration::from_millis(5))
+        .simulation_duration(duration)
+        .tick_duration(tick)
         .build()
 }
 
@@ -303,4 +332,66 @@ fn istiod_crash_and_restart_drop_no_connection() {
     let rounds = rounds.load(Ordering::SeqCst);
     // One round a second plus turmoil's per-message latency (up to 100 ms) from 3 s to 60 s.
     assert!(rounds >= 40, "only {rounds} rounds of traffic");
+}
+
+#[test]
+#[ignore = "simulates a whole day: .ci/run runs it in release mode"]
+fn certificates_rotate_at_half_life_for_a_day_and_the_root_rotates_without_a_failure() {
+    const HOUR: Duration = Duration::from_secs(3600);
+    let mut sim = sim_for(26 * HOUR, Duration::from_millis(100));
+    let network = SimNetwork::new();
+    let shared = Shared::default();
+    *shared.desired.lock().unwrap() = (1, cluster(""));
+    *shared.certificate_ttl.lock().unwrap() = 2 * HOUR;
+    build(&mut sim, &network, &shared);
+    let observed = shared.clone();
+    sim.client("traffic", async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let first_bundle = observed.bundle.lock().unwrap().clone();
+        let mut failures = Vec::new();
+        let mut rounds = 0;
+        let mut long_lived = connect(&network, "node-a", "10.0.1.2").await?;
+        while turmoil::sim_elapsed().unwrap_or_default() < 24 * HOUR {
+            let now = turmoil::sim_elapsed().unwrap_or_default();
+            if now >= 6 * HOUR
+                && rounds > 0
+                && observed.rotate.lock().unwrap().is_none()
+                && observed.bundle.lock().unwrap().as_str() == first_bundle
+            {
+                // New root trusted now, signing after one certificate lifetime, the old one
+                // trusted for one more lifetime after that.
+                *observed.rotate.lock().unwrap() = Some((2 * HOUR, 2 * HOUR));
+            }
+            if !new_connection_works(&network, "node-a", "10.0.1.2").await {
+                failures.push(format!("new connection at {now:?}"));
+            }
+            if !echoes(&mut long_lived, b"still here").await {
+                failures.push(format!("long-lived connection at {now:?}"));
+            }
+            rounds += 1;
+            tokio::time::sleep(Duration::from_secs(120)).await;
+        }
+        assert!(
+            failures.is_empty(),
+            "{} failures, the first: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        assert!(rounds > 600, "{rounds} rounds");
+        // Three identities, renewed every hour (half of two) for a day.
+        let issued = observed.issued.load(Ordering::SeqCst);
+        assert!(
+            (3 * 23..=3 * 26).contains(&issued),
+            "{issued} certificates issued"
+        );
+        let last_bundle = observed.bundle.lock().unwrap().clone();
+        assert_ne!(last_bundle, first_bundle, "the root was rotated");
+        assert_eq!(
+            last_bundle.matches("BEGIN CERTIFICATE").count(),
+            1,
+            "the old root retired"
+        );
+        Ok(())
+    });
+    sim.run().unwrap();
 }
