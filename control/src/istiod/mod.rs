@@ -3,7 +3,10 @@
 //! the CA API on both, and publishes whatever [`Istiod::publish`] is given. The binary, the
 //! tests and the simulator all call it.
 
+mod follow;
 pub mod state_dir;
+
+pub use follow::SharedStore;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,16 +83,32 @@ pub enum IstiodError {
     Tls(#[from] dataplane::identity::TlsError),
 }
 
+/// Publishes snapshots to the xDS server and the CA's view of the cluster.
+#[derive(Clone)]
+struct Publisher {
+    resources: watch::Sender<SharedResources>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    generation: Arc<AtomicU64>,
+}
+
+impl Publisher {
+    fn publish(&self, snapshot: Snapshot) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let encoded = PublishedResources::encode(&snapshot, generation);
+        self.snapshot.send_replace(Arc::new(snapshot));
+        self.resources.send_replace(Arc::new(encoded));
+        generation
+    }
+}
+
 /// A running istiod.
 pub struct Istiod {
     config: IstiodConfig,
     seams: Seams,
-    resources: watch::Sender<SharedResources>,
-    snapshot: watch::Sender<Arc<Snapshot>>,
+    publisher: Publisher,
     ca: Arc<CaShared>,
     tokens: Arc<TokenSigner>,
     stats: Arc<XdsStats>,
-    generation: AtomicU64,
     plaintext_address: SocketAddr,
     tls_address: SocketAddr,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -216,12 +235,14 @@ pub async fn run(
     Ok(Istiod {
         config,
         seams,
-        resources: resources_tx,
-        snapshot: snapshot_tx,
+        publisher: Publisher {
+            resources: resources_tx,
+            snapshot: snapshot_tx,
+            generation: Arc::new(AtomicU64::new(0)),
+        },
         ca,
         tokens,
         stats,
-        generation: AtomicU64::new(0),
         plaintext_address,
         tls_address,
         tasks: Mutex::new(tasks),
@@ -241,21 +262,29 @@ impl Istiod {
 
     /// Pushes `snapshot` to every connected ztunnel (only what changed for each).
     pub fn publish(&self, snapshot: Snapshot) {
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let encoded = PublishedResources::encode(&snapshot, generation);
-        self.snapshot.send_replace(Arc::new(snapshot));
-        self.resources.send_replace(Arc::new(encoded));
+        self.publisher.publish(snapshot);
+    }
+
+    fn publisher(&self) -> Publisher {
+        self.publisher.clone()
+    }
+
+    fn keep(&self, task: JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(task);
     }
 
     /// Publishes already-encoded resources as they are (tests use this to send a resource a
     /// ztunnel must reject).
     pub fn publish_resources(&self, resources: PublishedResources) {
-        self.resources.send_replace(Arc::new(resources));
+        self.publisher.resources.send_replace(Arc::new(resources));
     }
 
     /// The snapshot last published.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.borrow().clone()
+        self.publisher.snapshot.borrow().clone()
     }
 
     pub fn stats(&self) -> &XdsStats {

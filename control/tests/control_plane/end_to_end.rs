@@ -109,3 +109,62 @@ async fn traffic_keeps_flowing_while_istiod_is_away_and_resyncs_after() {
     assert!(!web_reaches_echo(net, &a).await);
     let _ = open.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_the_ztunnel_cannot_apply_is_nacked_by_name_and_the_rest_apply() {
+    use control::xds::{PublishedResources, resource};
+    use dataplane::xds::AUTHORIZATION_TYPE_URL;
+    use dataplane::xds::proto::istio::security::Authorization;
+    use prost::Message;
+
+    let net = subnet();
+    let istiod = start_istiod(net, &new_ca()).await;
+    let bundle = istiod.trust_bundle();
+    let token = istiod.issue_token("node-b", None, Duration::from_secs(3600));
+    let b = start_ztunnel(net, "node-b", ip(net, 3), &bundle, token).await;
+    assert!(eventually(WAIT, || b.is_ready()).await);
+
+    // A good policy and one with an action no ztunnel knows (enum value 7).
+    let good = snapshot(net, &allow_only("cluster.local/ns/shop/sa/web"));
+    let mut resources = PublishedResources::encode(&good, 1);
+    let bad = Authorization {
+        name: "bad".into(),
+        namespace: "shop".into(),
+        action: 7,
+        ..Authorization::default()
+    };
+    resources
+        .by_type
+        .get_mut(AUTHORIZATION_TYPE_URL)
+        .unwrap()
+        .insert(
+            "shop/bad".into(),
+            resource(
+                AUTHORIZATION_TYPE_URL,
+                "shop/bad".into(),
+                Vec::new(),
+                bad.encode_to_vec(),
+            ),
+        );
+    istiod.publish_resources(resources);
+    assert!(
+        eventually(WAIT, || istiod
+            .stats()
+            .nacks
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1)
+        .await,
+        "no NACK"
+    );
+    let nacks = istiod.stats().recent_nacks.lock().unwrap().clone();
+    assert!(nacks[0].contains("shop/bad: "), "{nacks:?}");
+    assert!(
+        nacks[0].contains("action"),
+        "the reason is given: {nacks:?}"
+    );
+    b.state().read(|s| {
+        let names: Vec<String> = s.policies().map(|p| p.key()).collect();
+        assert_eq!(names, ["shop/echo-policy"], "the good policy applied");
+        assert_eq!(s.workloads().count(), 2, "the addresses applied");
+    });
+}

@@ -3,5 +3,6 @@
 mod ca;
 mod common;
 mod end_to_end;
+mod processes;
 mod simulated;
 mod xds_stream;

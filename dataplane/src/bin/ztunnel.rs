@@ -1,5 +1,7 @@
 //! The ztunnel binary: `ztunnel [proxy]` runs the node proxy from upstream-style environment
-//! variables; `ztunnel gen-ca DIR` writes a local root CA for standalone runs.
+//! variables — state from istiod (`XDS_ADDRESS`) and/or a local config file (`LOCAL_XDS_PATH`),
+//! certificates from istiod's CA (`CA_ADDRESS`) or a local CA (`LOCAL_CA_DIR`); `ztunnel
+//! gen-ca DIR` writes a local root CA for standalone runs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +11,9 @@ use dataplane::identity::LocalCa;
 use dataplane::localconfig::LocalConfig;
 use dataplane::seams::{Clock, Seams, SystemClock};
 use dataplane::state::{State, StateHandle};
-use dataplane::ztunnel::{self, Config, LocalCaProvider};
+use dataplane::ztunnel::{
+    self, CaClient, CertificateProvider, Config, ControlPlaneClient, LocalCaProvider,
+};
 
 const ROOT_CERT: &str = "root-cert.pem";
 const CA_KEY: &str = "ca-key.pem";
@@ -42,23 +46,36 @@ async fn proxy() -> anyhow::Result<()> {
     if let Some(path) = &config.local_config {
         LocalConfig::load(path)?.apply_to(&mut state);
     }
-    let Some(ca_dir) = std::env::var_os("LOCAL_CA_DIR").map(PathBuf::from) else {
-        bail!(
-            "LOCAL_CA_DIR is not set: this build issues certificates from a local CA (`ztunnel gen-ca DIR` creates one)"
-        );
-    };
-    let ca = load_ca(&ca_dir)?;
     let seed = if config.seed != 0 {
         config.seed
     } else {
         rand_seed()
     };
     let seams = Seams::real(seed);
-    let certificates = Arc::new(LocalCaProvider::new(
-        ca,
-        config.certificate_ttl,
-        Arc::new(SystemClock),
-    ));
+    let certificates: Arc<dyn CertificateProvider> = match (
+        &config.ca_address,
+        std::env::var_os("LOCAL_CA_DIR"),
+    ) {
+        (Some(address), _) => {
+            let client = ControlPlaneClient::new(
+                address,
+                &config.ca_root_ca,
+                config.auth_token.clone(),
+                &config.cluster_id,
+                seams.network.clone(),
+                seams.clock.clone(),
+            )?;
+            Arc::new(CaClient::new(client, config.certificate_ttl))
+        }
+        (None, Some(dir)) => Arc::new(LocalCaProvider::new(
+            load_ca(&PathBuf::from(dir))?,
+            config.certificate_ttl,
+            Arc::new(SystemClock),
+        )),
+        (None, None) => bail!(
+            "no certificate source: set CA_ADDRESS (istiod's CA) or LOCAL_CA_DIR (a local CA; `ztunnel gen-ca DIR` creates one)"
+        ),
+    };
     let proxy = ztunnel::run(config, seams, StateHandle::new(state), certificates).await?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; draining"),

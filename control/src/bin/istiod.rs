@@ -1,0 +1,211 @@
+//! The istiod binary: Kubernetes YAML (files, directories, stdin) or a live cluster in, xDS and
+//! certificates out on 15010/15012.
+//!
+//! ```text
+//! istiod [--config-dir PATH]... [--kube] [--state-dir DIR] [--listen IP] [--port N] [--tls-port N]
+//!        [--trust-domain TD] [--cluster-id ID] [--service-cidr CIDR] [--debounce DURATION]
+//!        [--write-root-cert FILE]
+//! istiod --config-dir PATH... --check
+//! istiod --state-dir DIR --issue-token NODE [--identity spiffe://…] [--token-ttl DURATION]
+//! ```
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use control::ca::{CertificateAuthority, TokenSigner};
+use control::istiod::state_dir::{self, StateDir};
+use control::istiod::{self, IstiodConfig, SharedStore};
+use control::sources::{self, kube::Report};
+use control::store::{Store, StoreConfig};
+use dataplane::identity::{Identity, LocalCa};
+use dataplane::seams::{Clock, Seams, SystemClock};
+use dataplane::ztunnel::parse_duration;
+
+const USAGE: &str = "usage: istiod [--config-dir PATH]... [--kube] [--state-dir DIR] [--listen IP] \
+[--port N] [--tls-port N] [--trust-domain TD] [--cluster-id ID] [--service-cidr CIDR] \
+[--debounce DURATION] [--write-root-cert FILE] [--check]\n       \
+istiod --state-dir DIR --issue-token NODE [--identity SPIFFE-ID] [--token-ttl DURATION]";
+
+#[derive(Default)]
+struct Args {
+    config: Vec<PathBuf>,
+    kube: bool,
+    check: bool,
+    state_dir: Option<PathBuf>,
+    write_root_cert: Option<PathBuf>,
+    issue_token: Option<String>,
+    identity: Option<String>,
+    token_ttl: Option<Duration>,
+    service_cidr: Option<String>,
+    istiod: IstiodConfig,
+}
+
+fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
+    let mut args = Args::default();
+    let mut it = raw.into_iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))
+        };
+        let duration = |v: String| {
+            parse_duration(&v).with_context(|| format!("{v:?} is not a duration like 100ms or 24h"))
+        };
+        match flag.as_str() {
+            "--config-dir" | "--config" | "-f" => args.config.push(PathBuf::from(value()?)),
+            "--kube" => args.kube = true,
+            "--check" => args.check = true,
+            "--state-dir" => args.state_dir = Some(PathBuf::from(value()?)),
+            "--write-root-cert" => args.write_root_cert = Some(PathBuf::from(value()?)),
+            "--issue-token" => args.issue_token = Some(value()?),
+            "--identity" => args.identity = Some(value()?),
+            "--token-ttl" => args.token_ttl = Some(duration(value()?)?),
+            "--listen" => {
+                let v = value()?;
+                args.istiod.listen_ip = v
+                    .parse::<IpAddr>()
+                    .with_context(|| format!("--listen {v:?} is not an IP address"))?;
+            }
+            "--port" => args.istiod.plaintext_port = value()?.parse().context("--port")?,
+            "--tls-port" => args.istiod.tls_port = value()?.parse().context("--tls-port")?,
+            "--trust-domain" => args.istiod.mesh.trust_domain = value()?,
+            "--cluster-id" => args.istiod.mesh.cluster_id = value()?,
+            "--service-cidr" => args.service_cidr = Some(value()?),
+            "--debounce" => args.istiod.debounce = duration(value()?)?,
+            "--secret-ttl" => args.istiod.certificate_ttl = duration(value()?)?,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    Ok(args)
+}
+
+fn store_config(args: &Args) -> anyhow::Result<StoreConfig> {
+    let mut config = StoreConfig {
+        root_namespace: args.istiod.mesh.root_namespace.clone(),
+        require_namespaces: !args.kube,
+        ..StoreConfig::default()
+    };
+    if let Some(cidr) = &args.service_cidr {
+        config.service_cidr = cidr
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--service-cidr {cidr:?}: {e:?}"))?;
+    }
+    Ok(config)
+}
+
+fn load_state(args: &Args) -> anyhow::Result<StateDir> {
+    let now = SystemClock.now();
+    let trust_domain = &args.istiod.mesh.trust_domain;
+    match &args.state_dir {
+        Some(dir) => Ok(state_dir::load_or_create(dir, trust_domain, now)?),
+        None => {
+            tracing::warn!(
+                "no --state-dir: a fresh CA root and token key that a restart will not keep"
+            );
+            let root = LocalCa::generate(trust_domain, now)?;
+            let mut secret = vec![0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+                .map_err(|_| anyhow::anyhow!("no secure randomness"))?;
+            Ok(StateDir {
+                root,
+                token_secret: secret,
+            })
+        }
+    }
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let config = store_config(&args)?;
+    let mut store = Store::new(config);
+    if !args.config.is_empty() {
+        let loaded = sources::load_paths(&args.config)?;
+        let count = loaded.len();
+        sources::apply_loaded(&mut store, loaded)?;
+        tracing::info!(objects = count, "configuration loaded");
+    }
+    let state = load_state(&args)?;
+    if let Some(path) = &args.write_root_cert {
+        std::fs::write(path, state.root.root_pem())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let authority = CertificateAuthority::new(
+        state.root,
+        &args.istiod.mesh.trust_domain,
+        args.istiod.certificate_ttl,
+    );
+    let seams = Seams::real(1);
+    let istiod = istiod::run(args.istiod, seams, authority, &state.token_secret).await?;
+    let shared = SharedStore::new(store);
+    istiod.follow(shared.clone());
+    if args.kube {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API (--kube)")?;
+        let feeder = shared.clone();
+        tokio::spawn(sources::kube::run(
+            client,
+            shared.inner(),
+            move |report| match report {
+                Report::Changed => feeder.mark_changed(),
+                Report::Rejected(err) => tracing::warn!(%err, "object rejected"),
+                Report::WatchFailed { kind, error } => {
+                    tracing::warn!(?kind, %error, "watch failed; it re-lists")
+                }
+            },
+        ));
+    }
+    tokio::signal::ctrl_c().await?;
+    tracing::info!("interrupted; stopping");
+    istiod.shutdown();
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    dataplane::logging::init();
+    let args = parse_args(std::env::args().skip(1).collect())?;
+    if args.check {
+        if args.config.is_empty() {
+            bail!("--check needs --config-dir\n{USAGE}");
+        }
+        let store = sources::validate(&args.config, store_config(&args)?)?;
+        println!("ok: {} objects", store.len());
+        return Ok(());
+    }
+    if let Some(node) = &args.issue_token {
+        let Some(dir) = &args.state_dir else {
+            bail!("--issue-token needs the --state-dir of the istiod that will accept it");
+        };
+        let state =
+            state_dir::load_or_create(dir, &args.istiod.mesh.trust_domain, SystemClock.now())?;
+        let identity = args
+            .identity
+            .as_deref()
+            .map(|i| {
+                i.parse::<Identity>()
+                    .with_context(|| format!("--identity {i:?}"))
+            })
+            .transpose()?;
+        let ttl = args
+            .token_ttl
+            .unwrap_or(Duration::from_secs(30 * 24 * 3600));
+        let token = TokenSigner::new(&state.token_secret).issue(
+            node,
+            identity.as_ref(),
+            ttl,
+            SystemClock.now(),
+        );
+        println!("{token}");
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(args))
+}
