@@ -37,7 +37,9 @@ pub use certificates::{
 };
 pub use config::{Config, ConfigError, Ports, parse_duration};
 pub use connections::ConnectionTracker;
-pub use control_plane::{AuthToken, CaClient, ControlPlaneClient, ControlPlaneError, Target};
+pub use control_plane::{
+    AuthToken, CaClient, ControlPlaneClient, ControlPlaneError, Target, run_xds_client,
+};
 pub use metrics::Metrics;
 
 /// How often idle pooled connections are looked for.
@@ -69,7 +71,7 @@ pub(crate) struct Inner {
     pub(crate) terminate: watch::Receiver<bool>,
     pub(crate) ready: AtomicBool,
     /// Both xDS types have been answered at least once.
-    pub(crate) xds_synced: AtomicBool,
+    pub(crate) xds_synced: Arc<AtomicBool>,
     pub(crate) quit: watch::Sender<bool>,
 }
 
@@ -187,7 +189,7 @@ pub async fn run(
         drain,
         terminate,
         ready: AtomicBool::new(false),
-        xds_synced: AtomicBool::new(false),
+        xds_synced: Arc::new(AtomicBool::new(false)),
         quit: watch::Sender::new(false),
     });
 
@@ -287,7 +289,12 @@ pub async fn run(
             inner.seams.network.clone(),
             inner.seams.clock.clone(),
         )?;
-        tasks.push(tokio::spawn(control_plane::run_xds(inner.clone(), client)));
+        tasks.push(tokio::spawn(run_xds_client(
+            Arc::new(inner.config.clone()),
+            client,
+            inner.state.clone(),
+            inner.xds_synced.clone(),
+        )));
     }
 
     // Certificates for the workloads this node serves: fetched when they arrive, renewed at

@@ -8,4 +8,4 @@ mod xds_client;
 
 pub use ca_client::CaClient;
 pub use channel::{AuthToken, ControlPlaneClient, ControlPlaneError, Target};
-pub(crate) use xds_client::run as run_xds;
+pub use xds_client::run_xds_client;

@@ -7,17 +7,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prost_types::{Struct, Value, value::Kind};
 use tokio::sync::mpsc;
 
 use super::channel::{ControlPlaneClient, ControlPlaneError};
+use crate::state::StateHandle;
 use crate::xds::proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use crate::xds::proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Node};
 use crate::xds::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, ResourceVersions, apply_response};
-use crate::ztunnel::{Config, Inner};
+use crate::ztunnel::Config;
 
 /// Largest response accepted, as upstream.
 const MAX_MESSAGE: usize = 200 * 1024 * 1024;
@@ -55,8 +56,10 @@ struct Ended {
 }
 
 async fn session(
-    inner: &Arc<Inner>,
+    config: &Config,
     client: &ControlPlaneClient,
+    state: &StateHandle,
+    synced: &AtomicBool,
     versions: &mut ResourceVersions,
 ) -> Ended {
     let mut progressed = false;
@@ -64,7 +67,7 @@ async fn session(
         let (tx, mut rx) = mpsc::channel(16);
         for type_url in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL] {
             let initial = DeltaDiscoveryRequest {
-                node: Some(node(&inner.config)),
+                node: Some(node(config)),
                 type_url: type_url.to_string(),
                 initial_resource_versions: versions.initial(type_url),
                 ..DeltaDiscoveryRequest::default()
@@ -81,14 +84,14 @@ async fn session(
         let mut answered = BTreeSet::new();
         while let Some(response) = responses.message().await? {
             progressed = true;
-            let reply = apply_response(&inner.state, versions, &response);
+            let reply = apply_response(state, versions, &response);
             answered.insert(response.type_url.clone());
             if tx.send(reply).await.is_err() {
                 break;
             }
             if answered.contains(ADDRESS_TYPE_URL)
                 && answered.contains(AUTHORIZATION_TYPE_URL)
-                && !inner.xds_synced.swap(true, Ordering::AcqRel)
+                && !synced.swap(true, Ordering::AcqRel)
             {
                 tracing::info!("xDS synced: both resource types received");
             }
@@ -102,12 +105,19 @@ async fn session(
     }
 }
 
-/// Keeps a stream to istiod open for as long as the ztunnel runs.
-pub(crate) async fn run(inner: Arc<Inner>, client: ControlPlaneClient) {
+/// Keeps a stream to istiod open for as long as it runs, applying what arrives to `state`;
+/// `synced` turns true once both types have been answered. The ztunnel runs this; so do
+/// benchmarks that simulate many ztunnels' control-plane side only.
+pub async fn run_xds_client(
+    config: Arc<Config>,
+    client: ControlPlaneClient,
+    state: StateHandle,
+    synced: Arc<AtomicBool>,
+) {
     let mut versions = ResourceVersions::default();
     let mut backoff = INITIAL_BACKOFF;
     loop {
-        let ended = session(&inner, &client, &mut versions).await;
+        let ended = session(&config, &client, &state, &synced, &mut versions).await;
         if ended.progressed {
             backoff = INITIAL_BACKOFF;
         }
