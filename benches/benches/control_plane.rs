@@ -1,0 +1,304 @@
+//! The control plane's costs, in one run:
+//!
+//! - **store → snapshot**: translating a store of 1,000 and 10,000 workloads (Deployments
+//!   expanded by the scheduler, one Service each, policies), and the whole cost of one policy
+//!   change (apply, translate, encode the xDS resources) — with the 10k/1k ratio, which is ~10
+//!   when the cost grows linearly;
+//! - **push**: istiod and 100 or 1,000 simulated ztunnels in turmoil (each a host running only
+//!   the production xDS client over TLS); one AuthorizationPolicy is applied to istiod's store
+//!   and the simulated time until every ztunnel holds it is measured (istiod's 100 ms debounce
+//!   included), with the wall time the whole push took to simulate.
+//!
+//! `BENCH_QUICK=1` (and `cargo test --benches`) keeps to 1,000 workloads and 100 ztunnels.
+//! Results are printed as a table and written to `target/bench-control-plane.json`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use control::ca::{CertificateAuthority, TokenSigner};
+use control::istiod::{self, ISTIOD_HOSTNAME, IstiodConfig, SharedStore};
+use control::snapshot::MeshConfig;
+use control::sources::{apply_loaded, parse_str};
+use control::store::{Store, StoreConfig};
+use control::translate;
+use control::xds::PublishedResources;
+use dataplane::identity::LocalCa;
+use dataplane::seams::{Entropy, Seams, SimClock, SimNetwork};
+use dataplane::state::StateHandle;
+use dataplane::ztunnel::{AuthToken, Config, ControlPlaneClient, run_xds_client};
+
+const TOKEN_SECRET: [u8; 32] = [9; 32];
+
+/// Manifests for `workloads` pods: 50 nodes, `workloads / 100` Deployments of 100 replicas in
+/// ten ambient namespaces, a Service per Deployment, a policy per namespace.
+fn manifests(workloads: usize) -> String {
+    let mut y = String::new();
+    for n in 0..50 {
+        y.push_str(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: node-{n:02}}}\nspec: {{podCIDR: 10.{}.{}.0/20}}\n---\n",
+            100 + n / 16,
+            (n % 16) * 16
+        ));
+    }
+    for ns in 0..10 {
+        y.push_str(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{ns}, labels: {{istio.io/dataplane-mode: ambient}}}}\n---\n"
+        ));
+        y.push_str(&format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: same-namespace, namespace: ns{ns}}}\n\
+             spec: {{action: ALLOW, rules: [{{from: [{{source: {{namespaces: [ns{ns}]}}}}]}}]}}\n---\n"
+        ));
+    }
+    for d in 0..workloads / 100 {
+        let ns = d % 10;
+        y.push_str(&format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: app{d}, namespace: ns{ns}}}\n\
+             spec: {{replicas: 100, selector: {{matchLabels: {{app: app{d}}}}}, template: {{metadata: {{labels: {{app: app{d}}}}}, \
+             spec: {{serviceAccountName: app{d}, containers: [{{name: c, image: i, ports: [{{containerPort: 8080}}]}}]}}}}}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: app{d}, namespace: ns{ns}}}\n\
+             spec: {{selector: {{app: app{d}}}, ports: [{{port: 80, targetPort: 8080}}]}}\n---\n"
+        ));
+    }
+    y
+}
+
+fn store(workloads: usize) -> Store {
+    let mut store = Store::new(StoreConfig::default());
+    let loaded = parse_str(&manifests(workloads), "bench.yaml").expect("manifests parse");
+    apply_loaded(&mut store, loaded).expect("manifests apply");
+    store
+}
+
+fn policy(name: &str) -> control::sources::Object {
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: ns0}}\n\
+         spec: {{action: DENY, rules: [{{from: [{{source: {{principals: [cluster.local/ns/ns1/sa/app1]}}}}]}}]}}\n"
+    );
+    parse_str(&yaml, "policy.yaml").expect("policy parses")[0]
+        .object
+        .clone()
+}
+
+/// Median of `f`'s wall time over `reps` runs.
+fn median(reps: usize, mut f: impl FnMut()) -> Duration {
+    let mut times: Vec<Duration> = (0..reps)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[reps / 2]
+}
+
+struct StoreCost {
+    workloads: usize,
+    translate: Duration,
+    change: Duration,
+}
+
+fn store_costs(workloads: usize, reps: usize) -> StoreCost {
+    let mesh = MeshConfig::default();
+    let mut store = store(workloads);
+    let snapshot = translate::snapshot(&store, &mesh);
+    assert_eq!(snapshot.workloads.len(), workloads, "every pod scheduled");
+    let translate = median(reps, || {
+        std::hint::black_box(translate::snapshot(&store, &mesh));
+    });
+    let mut n = 0;
+    let change = median(reps, || {
+        n += 1;
+        store
+            .apply(policy(&format!("change-{n}")))
+            .expect("policy applies");
+        let snapshot = translate::snapshot(&store, &mesh);
+        std::hint::black_box(PublishedResources::encode(&snapshot, n));
+    });
+    StoreCost {
+        workloads,
+        translate,
+        change,
+    }
+}
+
+struct PushCost {
+    ztunnels: usize,
+    converged: Duration,
+    wall: Duration,
+}
+
+fn epoch() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_780_000_000)
+}
+
+/// istiod and `ztunnels` xDS clients in turmoil: the simulated time for one policy change to
+/// reach them all.
+fn push(ztunnels: usize) -> PushCost {
+    let mut sim = turmoil::Builder::new()
+        .epoch(epoch())
+        .rng_seed(1)
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(5))
+        .simulation_duration(Duration::from_secs(600))
+        .tick_duration(Duration::from_millis(1))
+        // istiod's socket holds every ztunnel's segments at once.
+        .tcp_capacity(1 << 20)
+        .build();
+    let network = SimNetwork::new();
+    let root = LocalCa::generate("cluster.local", epoch()).expect("CA");
+    let (root_pem, key_pem) = (root.root_pem(), root.key_pem().to_string());
+    let shared = SharedStore::new(store(1_000));
+    {
+        let (network, shared, root_pem, key_pem) = (
+            network.clone(),
+            shared.clone(),
+            root_pem.clone(),
+            key_pem.clone(),
+        );
+        sim.host(ISTIOD_HOSTNAME, move || {
+            let (network, shared) = (network.clone(), shared.clone());
+            let (root_pem, key_pem) = (root_pem.clone(), key_pem.clone());
+            async move {
+                let seams = Seams {
+                    network: Arc::new(network),
+                    clock: Arc::new(SimClock),
+                    entropy: Entropy::seeded(1),
+                };
+                let config = IstiodConfig::default();
+                let authority = CertificateAuthority::new(
+                    LocalCa::from_pem(&root_pem, &key_pem)?,
+                    "cluster.local",
+                    config.certificate_ttl,
+                );
+                let istiod = istiod::run(config, seams, authority, &TOKEN_SECRET).await?;
+                istiod.follow(shared);
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+    }
+    let synced = Arc::new(AtomicUsize::new(0));
+    let holding = Arc::new(AtomicUsize::new(0));
+    let tokens = TokenSigner::new(&TOKEN_SECRET);
+    for i in 0..ztunnels {
+        let node = format!("node-{i:04}");
+        let token = tokens.issue(&node, None, Duration::from_secs(3600), epoch());
+        let (network, root_pem) = (network.clone(), root_pem.clone());
+        let (synced, holding) = (synced.clone(), holding.clone());
+        sim.host(node.clone(), move || {
+            let (network, root_pem, token) = (network.clone(), root_pem.clone(), token.clone());
+            let (synced, holding, node) = (synced.clone(), holding.clone(), node.clone());
+            async move {
+                let address = format!("https://{ISTIOD_HOSTNAME}:15012");
+                let config = Arc::new(Config {
+                    node_name: node.clone(),
+                    pod_name: format!("ztunnel-{node}"),
+                    pod_namespace: "istio-system".into(),
+                    ..Config::default()
+                });
+                let client = ControlPlaneClient::new(
+                    &address,
+                    &root_pem,
+                    Some(AuthToken::Literal(token)),
+                    "Kubernetes",
+                    Arc::new(network),
+                    Arc::new(SimClock),
+                )?;
+                let state = StateHandle::default();
+                let ready = Arc::new(AtomicBool::new(false));
+                tokio::spawn(run_xds_client(config, client, state.clone(), ready.clone()));
+                let mut counted_sync = false;
+                let mut changes = state.subscribe();
+                loop {
+                    if !counted_sync && ready.load(Ordering::SeqCst) {
+                        counted_sync = true;
+                        synced.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if state.read(|s| s.policies().any(|p| p.key() == "ns0/pushed")) {
+                        holding.fetch_add(1, Ordering::SeqCst);
+                        std::future::pending::<()>().await;
+                    }
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(50), changes.changed()).await;
+                }
+            }
+        });
+    }
+    while synced.load(Ordering::SeqCst) < ztunnels {
+        sim.step().expect("simulation step");
+    }
+    let changed_at = sim.elapsed();
+    let push_wall = Instant::now();
+    shared.update(|s| s.apply(policy("pushed")).expect("policy applies"));
+    while holding.load(Ordering::SeqCst) < ztunnels {
+        sim.step().expect("simulation step");
+    }
+    PushCost {
+        ztunnels,
+        converged: sim.elapsed() - changed_at,
+        wall: push_wall.elapsed(),
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not.
+    let testing = !std::env::args().any(|a| a == "--bench");
+    let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1") || testing;
+    let (sizes, fleets, reps): (&[usize], &[usize], usize) = if quick {
+        (&[1_000], &[100], 3)
+    } else {
+        (&[1_000, 10_000], &[100, 1_000], 7)
+    };
+    let costs: Vec<StoreCost> = sizes.iter().map(|&w| store_costs(w, reps)).collect();
+    let pushes: Vec<PushCost> = fleets.iter().map(|&n| push(n)).collect();
+
+    println!("\ncontrol plane");
+    println!("{:<34}{:>14}{:>16}", "store", "translate", "policy change");
+    for c in &costs {
+        println!(
+            "{:<34}{:>11.2} ms{:>13.2} ms",
+            format!("{} workloads", c.workloads),
+            c.translate.as_secs_f64() * 1e3,
+            c.change.as_secs_f64() * 1e3
+        );
+    }
+    let ratio =
+        (costs.len() == 2).then(|| costs[1].change.as_secs_f64() / costs[0].change.as_secs_f64());
+    if let Some(r) = ratio {
+        println!("10k / 1k policy-change cost: {r:.1}x (linear growth: ~10x)");
+    }
+    println!(
+        "{:<34}{:>14}{:>16}",
+        "push to every ztunnel", "simulated", "wall"
+    );
+    for p in &pushes {
+        println!(
+            "{:<34}{:>11.0} ms{:>13.0} ms",
+            format!("{} ztunnels", p.ztunnels),
+            p.converged.as_secs_f64() * 1e3,
+            p.wall.as_secs_f64() * 1e3
+        );
+    }
+    let json = serde_json::json!({
+        "quick": quick,
+        "store": costs.iter().map(|c| serde_json::json!({
+            "workloads": c.workloads,
+            "translate_ms": c.translate.as_secs_f64() * 1e3,
+            "policy_change_ms": c.change.as_secs_f64() * 1e3,
+        })).collect::<Vec<_>>(),
+        "change_cost_ratio_10k_over_1k": ratio,
+        "push": pushes.iter().map(|p| serde_json::json!({
+            "ztunnels": p.ztunnels,
+            "simulated_ms": p.converged.as_secs_f64() * 1e3,
+            "wall_ms": p.wall.as_secs_f64() * 1e3,
+        })).collect::<Vec<_>>(),
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(
+        dir.join("bench-control-plane.json"),
+        serde_json::to_string_pretty(&json).unwrap_or_default() + "\n",
+    );
+}
