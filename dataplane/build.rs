@@ -1,4 +1,4 @@
-//! Generates the xDS, workload, authorization and CA types from `proto/` with protox (a pure-
+//! Generates the xDS, workload, authorization, waypoint and CA types from `proto/` with protox (a pure-
 //! Rust protobuf compiler), so a fresh machine needs no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/authorization.proto",
         "proto/xds.proto",
         "proto/citadel.proto",
+        "proto/waypoint.proto",
     ];
     let descriptors = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()

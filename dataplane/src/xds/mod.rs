@@ -1,5 +1,6 @@
 //! The wire types ambient speaks with its control plane — Delta ADS, `istio.workload.Address`,
-//! `istio.security.Authorization`, the CA API — and their conversion to and from the model.
+//! `istio.security.Authorization`, the CA API, our own `ambient.waypoint.WaypointConfig` — and
+//! their conversion to and from the model.
 
 mod apply;
 mod authorization;
@@ -39,6 +40,11 @@ pub mod proto {
             }
         }
     }
+    pub mod ambient {
+        pub mod waypoint {
+            tonic::include_proto!("ambient.waypoint");
+        }
+    }
     pub mod google {
         pub mod rpc {
             tonic::include_proto!("google.rpc");
@@ -50,3 +56,6 @@ pub mod proto {
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 /// The Authorization resource type URL.
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
+/// The waypoint L7 configuration type URL: our own type, served only to streams that
+/// subscribe to it (waypoints); ztunnels never do.
+pub const WAYPOINT_TYPE_URL: &str = "type.googleapis.com/ambient.waypoint.WaypointConfig";
