@@ -62,12 +62,14 @@ fn is_host_span(meta: &Metadata<'_>) -> bool {
     meta.is_span() && meta.name() == "node" && meta.target().starts_with("turmoil")
 }
 
-/// Dataplane events at INFO and above, and the access log. Not only events: the `enabled!`
+/// Dataplane and control-plane events at INFO and above, and the access log. Not only events: the `enabled!`
 /// checks the production code makes before building a costly line (hints) must pass too.
 fn is_recorded_event(meta: &Metadata<'_>) -> bool {
     !meta.is_span()
         && *meta.level() <= Level::INFO
-        && (meta.target().starts_with("dataplane") || meta.target() == "access")
+        && (meta.target().starts_with("dataplane")
+            || meta.target().starts_with("control")
+            || meta.target() == "access")
 }
 
 impl<S> Layer<S> for TraceLayer
@@ -99,7 +101,8 @@ where
         let meta = event.metadata();
         let line = format!("{} {}{}", meta.level(), text.message, text.fields);
         // The access log separates its fields with a tab; one line per event reads better.
-        self.trace.record(&host, line.replace('\t', " "));
+        self.trace
+            .record(&host, meta.target(), line.replace('\t', " "));
     }
 }
 

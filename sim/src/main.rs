@@ -1,27 +1,35 @@
-//! `cargo sim`: runs the built-in scenarios and prints one line per run, a summary, and the
-//! command that replays each failure. Exits non-zero when any run failed.
+//! `cargo sim`: runs scenarios and prints one line per run, a summary, and the command that
+//! replays each failure. Exits non-zero when any run failed.
 
+use std::io::{IsTerminal, Write};
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
-use sim::{Report, SCENARIOS, Scenario, run_scenario};
+use sim::{Report, Scenario, run_scenario};
 
 const USAGE: &str = "\
 usage:
-  sim                              run every scenario with its default seed
-  sim run [NAME...] [--seed N | --seeds A..B | --seeds A..=B] [--print-trace]
-                                   run the named scenarios (default: all) with other seeds
-  sim list                         list the scenarios
+  sim                                   run every scenario in sim/scenarios/ with its own seed
+  sim run [SCENARIO...] [--seed N | --seeds A..B | --seeds A..=B]
+          [--trace OUT.jsonl] [--timeline OUT.html] [--print-trace]
+                                        SCENARIO: a name (sim/scenarios/NAME.yaml or
+                                        must-fail/NAME.yaml), a file or a directory
+  sim list                              list the scenarios
 ";
 
-/// What the command line asked for.
+#[derive(Debug)]
+struct Options {
+    files: Vec<PathBuf>,
+    seeds: Option<Range<u64>>,
+    trace: Option<PathBuf>,
+    timeline: Option<PathBuf>,
+    print_trace: bool,
+}
+
 enum Command {
-    Run {
-        scenarios: Vec<&'static Scenario>,
-        /// `None`: each scenario's default seed.
-        seeds: Option<Range<u64>>,
-        print_trace: bool,
-    },
+    Run(Options),
     List,
     Help,
 }
@@ -48,13 +56,38 @@ fn parse_seeds(s: &str) -> Result<Range<u64>, String> {
     Ok(range)
 }
 
+/// A name, file or directory on the command line, as scenario files.
+fn resolve(arg: &str) -> Result<Vec<PathBuf>, String> {
+    let path = Path::new(arg);
+    if path.is_dir() {
+        return sim::scenario::files_in(path).map_err(|e| format!("{arg}: {e}"));
+    }
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    for dir in [sim::scenarios_dir(), sim::must_fail_dir()] {
+        let candidate = dir.join(format!("{arg}.yaml"));
+        if candidate.is_file() {
+            return Ok(vec![candidate]);
+        }
+    }
+    Err(format!(
+        "no scenario {arg:?} (not a file, a directory or a name in sim/scenarios)"
+    ))
+}
+
 fn parse(args: &[String]) -> Result<Command, String> {
+    let default = || -> Result<Vec<PathBuf>, String> {
+        sim::scenario::files_in(&sim::scenarios_dir()).map_err(|e| e.to_string())
+    };
     let Some((first, rest)) = args.split_first() else {
-        return Ok(Command::Run {
-            scenarios: SCENARIOS.iter().collect(),
+        return Ok(Command::Run(Options {
+            files: default()?,
             seeds: None,
+            trace: None,
+            timeline: None,
             print_trace: false,
-        });
+        }));
     };
     match first.as_str() {
         "list" if rest.is_empty() => return Ok(Command::List),
@@ -62,9 +95,13 @@ fn parse(args: &[String]) -> Result<Command, String> {
         "run" => {}
         other => return Err(format!("unknown command {other:?}")),
     }
-    let mut scenarios = Vec::new();
-    let mut seeds = None;
-    let mut print_trace = false;
+    let mut options = Options {
+        files: Vec::new(),
+        seeds: None,
+        trace: None,
+        timeline: None,
+        print_trace: false,
+    };
     let mut args = rest.iter();
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| {
@@ -75,40 +112,65 @@ fn parse(args: &[String]) -> Result<Command, String> {
         match arg.as_str() {
             "--seed" => {
                 let seed = parse_u64(&value("--seed")?)?;
-                seeds = Some(seed..seed.saturating_add(1));
+                options.seeds = Some(seed..seed.saturating_add(1));
             }
-            "--seeds" => seeds = Some(parse_seeds(&value("--seeds")?)?),
-            "--print-trace" => print_trace = true,
+            "--seeds" => options.seeds = Some(parse_seeds(&value("--seeds")?)?),
+            "--trace" => options.trace = Some(value("--trace")?.into()),
+            "--timeline" => options.timeline = Some(value("--timeline")?.into()),
+            "--print-trace" => options.print_trace = true,
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
-            name => match sim::scenarios::find(name) {
-                Some(s) => scenarios.push(s),
-                None => {
-                    let known: Vec<_> = SCENARIOS.iter().map(|s| s.name).collect();
-                    return Err(format!(
-                        "no scenario named {name:?} (known: {})",
-                        known.join(", ")
-                    ));
-                }
-            },
+            name => options.files.extend(resolve(name)?),
         }
     }
-    if scenarios.is_empty() {
-        scenarios = SCENARIOS.iter().collect();
+    if options.files.is_empty() {
+        options.files = default()?;
     }
-    Ok(Command::Run {
-        scenarios,
-        seeds,
-        print_trace,
-    })
+    Ok(Command::Run(options))
+}
+
+fn write_outputs(report: &Report, options: &Options, many: bool) -> Result<(), String> {
+    let path = |p: &Path| -> PathBuf {
+        if !many {
+            return p.to_path_buf();
+        }
+        // One file per run: OUT-<scenario>-<seed>.ext.
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ext = p
+            .extension()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        p.with_file_name(format!("{stem}-{}-{}.{ext}", report.scenario, report.seed))
+    };
+    if let Some(p) = &options.trace {
+        let p = path(p);
+        std::fs::write(&p, sim::jsonl(report)).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    if let Some(p) = &options.timeline {
+        let p = path(p);
+        std::fs::write(&p, sim::html::timeline(report))
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    Ok(())
 }
 
 fn print_report(report: &Report, print_trace: bool) {
     println!("{}", report.line());
     if print_trace {
-        for event in &report.events {
+        for event in &report.output.events {
             println!("    {event}");
         }
-        println!("    wire node-a <-> node-b: {}", report.wire.summary());
+        println!("    wire between nodes: {}", report.output.wire.summary());
+    }
+    if let Some(v) = &report.output.violation {
+        if !report.passed() || print_trace {
+            println!("    last events before the violation:");
+            for e in &v.before {
+                println!("      {e}");
+            }
+        }
     }
     if !report.passed() {
         println!("    replay: {}", report.replay_command());
@@ -117,47 +179,106 @@ fn print_report(report: &Report, print_trace: bool) {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match parse(&args) {
-        Ok(command) => command,
+    let options = match parse(&args) {
+        Ok(Command::Run(options)) => options,
+        Ok(Command::Help) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::List) => {
+            for dir in [sim::scenarios_dir(), sim::must_fail_dir()] {
+                match sim::load_dir(&dir) {
+                    Ok(list) => {
+                        for s in list {
+                            let tag = s
+                                .must_fail
+                                .as_deref()
+                                .map(|m| format!(" [must fail: {m}]"))
+                                .unwrap_or_default();
+                            println!("{:<32} seed={:<4} {}{tag}", s.name, s.seed, s.about);
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("sim: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            return ExitCode::SUCCESS;
+        }
         Err(err) => {
             eprintln!("sim: {err}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
-    let (scenarios, seeds, print_trace) = match command {
-        Command::Help => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Command::List => {
-            for s in &SCENARIOS {
-                println!("{:<30} seed={:<4} {}", s.name, s.default_seed, s.about);
+    let mut scenarios = Vec::new();
+    for file in &options.files {
+        match Scenario::load(file) {
+            Ok(s) => scenarios.push(s),
+            Err(e) => {
+                eprintln!("sim: {e}");
+                return ExitCode::from(2);
             }
-            return ExitCode::SUCCESS;
         }
-        Command::Run {
-            scenarios,
-            seeds,
-            print_trace,
-        } => (scenarios, seeds, print_trace),
-    };
-
-    let (mut passed, mut failed) = (0usize, 0usize);
-    for scenario in scenarios {
-        let seeds = seeds
+    }
+    let runs: u64 = scenarios
+        .iter()
+        .map(|_| options.seeds.as_ref().map_or(1, |r| r.end - r.start))
+        .sum();
+    let progress = runs > 1 && options.seeds.as_ref().is_some_and(|r| r.end - r.start > 1);
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let (mut passed, mut failed, mut done) = (0u64, 0u64, 0u64);
+    let mut sim_seconds = 0.0;
+    let mut events = 0usize;
+    for scenario in &scenarios {
+        let seeds = options
+            .seeds
             .clone()
-            .unwrap_or(scenario.default_seed..scenario.default_seed + 1);
+            .unwrap_or(scenario.seed..scenario.seed + 1);
         for seed in seeds {
             let report = run_scenario(scenario, seed);
-            print_report(&report, print_trace);
+            done += 1;
+            sim_seconds += report.output.sim_time.as_secs_f64();
+            events += report.output.events.len();
+            if let Err(e) = write_outputs(&report, &options, runs > 1) {
+                eprintln!("sim: {e}");
+                return ExitCode::from(2);
+            }
             if report.passed() {
                 passed += 1;
             } else {
                 failed += 1;
             }
+            if progress && report.passed() && !options.print_trace {
+                // Sweeps print failures in full and passes as progress only.
+                let line = format!(
+                    "[{done}/{runs}] {} seed={seed} ok ({failed} failed so far)",
+                    scenario.name
+                );
+                if tty {
+                    eprint!("\r{line}\x1b[K");
+                } else if done % 20 == 0 || done == runs {
+                    eprintln!("{line}");
+                }
+                let _ = std::io::stderr().flush();
+            } else {
+                if progress && tty {
+                    eprint!("\r\x1b[K");
+                }
+                print_report(&report, options.print_trace);
+            }
         }
     }
-    println!("{passed} passed, {failed} failed");
+    if progress && tty {
+        eprintln!();
+    }
+    let wall = started.elapsed().as_secs_f64();
+    println!(
+        "{passed} passed, {failed} failed; {runs} runs, {sim_seconds:.0} simulated seconds in {wall:.1}s wall ({:.0}x), {events} events ({:.0}/s)",
+        sim_seconds / wall.max(1e-6),
+        events as f64 / wall.max(1e-6)
+    );
     if failed == 0 {
         ExitCode::SUCCESS
     } else {
@@ -174,34 +295,14 @@ mod tests {
     }
 
     #[test]
-    fn no_arguments_runs_everything_with_default_seeds() {
-        let Ok(Command::Run {
-            scenarios,
-            seeds,
-            print_trace,
-        }) = parse(&[])
+    fn seeds_names_and_outputs() {
+        let Ok(Command::Run(o)) = parse(&args("run basic-mtls --seeds 5..=7 --trace t.jsonl"))
         else {
             panic!("expected a run");
         };
-        assert_eq!(scenarios.len(), SCENARIOS.len());
-        assert_eq!(seeds, None);
-        assert!(!print_trace);
-    }
-
-    #[test]
-    fn seeds_and_names() {
-        let Ok(Command::Run {
-            scenarios, seeds, ..
-        }) = parse(&args("run basic-mtls --seeds 5..=7"))
-        else {
-            panic!("expected a run");
-        };
-        assert_eq!(scenarios.len(), 1);
-        assert_eq!(seeds, Some(5..8));
-        assert!(matches!(
-            parse(&args("run --seed 9")),
-            Ok(Command::Run { seeds: Some(r), .. }) if r == (9..10)
-        ));
+        assert_eq!(o.files.len(), 1);
+        assert_eq!(o.seeds, Some(5..8));
+        assert_eq!(o.trace, Some(PathBuf::from("t.jsonl")));
         assert!(parse(&args("run --seeds 3..3")).is_err());
         assert!(parse(&args("run --seed x")).is_err());
         assert!(parse(&args("run nope")).is_err());

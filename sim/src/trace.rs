@@ -16,15 +16,59 @@ pub struct Event {
     pub at: Duration,
     /// The turmoil host it happened on (`sim` for the driver itself).
     pub host: String,
+    /// What recorded it: `timeline`, `client`, `app`, `invariant`, or the log target of the
+    /// production code (`dataplane::ztunnel::inbound`, `access`, `control::…`).
+    pub component: String,
     /// What happened, in words.
     pub what: String,
+    /// The request/connection it is about (`<traffic>#<n>`), when known.
+    pub conn: Option<String>,
+    /// A policy decision and the policy that made it, when the event is one.
+    pub decision: Option<String>,
 }
 
 impl fmt::Display for Event {
-    /// `<ms>ms <host> <what>`: the form that is printed and hashed.
+    /// `<ms>ms <host> <component> <what>`: the form that is printed and hashed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}ms {} {}", self.at.as_millis(), self.host, self.what)
+        write!(
+            f,
+            "{}ms {} {} {}",
+            self.at.as_millis(),
+            self.host,
+            self.component,
+            self.what
+        )
     }
+}
+
+impl Event {
+    /// One JSON object (a JSONL line, without the newline).
+    pub fn json(&self) -> String {
+        serde_json::json!({
+            "time_ms": self.at.as_millis() as u64,
+            "host": self.host,
+            "component": self.component,
+            "event": self.what,
+            "connection": self.conn,
+            "decision": self.decision,
+        })
+        .to_string()
+    }
+}
+
+/// The policy decision an event states, if any: the evaluator's own words (`explicitly denied
+/// by <policy> rule <n>`, `allowed by …`, `denied: allow policies exist…`) or a policy-change
+/// close.
+pub fn decision_in(what: &str) -> Option<String> {
+    for marker in ["explicitly denied by ", "allowed by ", "denied: "] {
+        if let Some(at) = what.find(marker) {
+            let rest = &what[at..];
+            let end = rest.find(['"', ';']).unwrap_or(rest.len());
+            return Some(rest[..end].trim().to_string());
+        }
+    }
+    what.contains("policy change closes open connection")
+        .then(|| "closed by a policy change".to_string())
 }
 
 /// A shared, append-only event log. Clones append to the same log, so every host and the
@@ -40,20 +84,36 @@ impl Trace {
         Self::default()
     }
 
-    /// Records `what` on `host` at the current simulated time of the running host.
-    ///
-    /// Outside a host (in the driver) turmoil has no current time; use [`Trace::record_at`].
-    pub fn record(&self, host: &str, what: impl Into<String>) {
+    /// Records `what` on `host` by `component` at the current simulated time of the running
+    /// host (zero in the driver: use [`Trace::record_at`] there).
+    pub fn record(&self, host: &str, component: &str, what: impl Into<String>) {
         let at = turmoil::sim_elapsed().unwrap_or_default();
-        self.record_at(at, host, what);
+        self.record_at(at, host, component, what, None);
     }
 
-    /// Records `what` on `host` at an explicit simulated time.
-    pub fn record_at(&self, at: Duration, host: &str, what: impl Into<String>) {
+    /// Records an event about connection `conn`.
+    pub fn record_conn(&self, host: &str, component: &str, conn: &str, what: impl Into<String>) {
+        let at = turmoil::sim_elapsed().unwrap_or_default();
+        self.record_at(at, host, component, what, Some(conn.to_string()));
+    }
+
+    /// Records at an explicit simulated time.
+    pub fn record_at(
+        &self,
+        at: Duration,
+        host: &str,
+        component: &str,
+        what: impl Into<String>,
+        conn: Option<String>,
+    ) {
+        let what = what.into();
         let event = Event {
             at,
             host: host.to_string(),
-            what: what.into(),
+            component: component.to_string(),
+            decision: decision_in(&what),
+            what,
+            conn,
         };
         self.lock().push(event);
     }
@@ -61,6 +121,22 @@ impl Trace {
     /// A copy of every event so far, in the order they were recorded.
     pub fn events(&self) -> Vec<Event> {
         self.lock().clone()
+    }
+
+    /// How many events so far.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing was recorded yet.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// The last `n` events.
+    pub fn tail(&self, n: usize) -> Vec<Event> {
+        let events = self.lock();
+        events[events.len().saturating_sub(n)..].to_vec()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Event>> {
@@ -87,10 +163,14 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
     fnv1a64_extend(FNV_OFFSET, bytes)
 }
 
-/// The trace hash: FNV-1a 64 over every event rendered as `<ms>ms <host> <what>\n`.
+/// The trace hash: FNV-1a 64 over every event rendered as `<ms>ms <host> <component> <what>\n`
+/// followed by its connection id, if any.
 pub fn hash_events(events: &[Event]) -> u64 {
     events.iter().fold(FNV_OFFSET, |hash, event| {
-        let line = format!("{event}\n");
+        let line = match &event.conn {
+            Some(conn) => format!("{event} [{conn}]\n"),
+            None => format!("{event}\n"),
+        };
         fnv1a64_extend(hash, line.as_bytes())
     })
 }
@@ -111,7 +191,10 @@ mod tests {
         let e = |ms, host: &str, what: &str| Event {
             at: Duration::from_millis(ms),
             host: host.into(),
+            component: "c".into(),
             what: what.into(),
+            conn: None,
+            decision: None,
         };
         let base = [e(1, "a", "x"), e(2, "b", "y")];
         let h = hash_events(&base);
@@ -121,7 +204,7 @@ mod tests {
         assert_ne!(h, hash_events(&[e(1, "a", "x"), e(2, "a", "y")]));
         assert_eq!(
             hash_events(&base),
-            fnv1a64(b"1ms a x\n2ms b y\n"),
+            fnv1a64(b"1ms a c x\n2ms b c y\n"),
             "the hash is over the rendered lines"
         );
     }

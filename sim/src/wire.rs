@@ -1,5 +1,5 @@
-//! A tap on the simulated wire between two hosts: every TCP segment that crosses it, with its
-//! payload bytes, reassembled per flow.
+//! A tap on the simulated wire between nodes: every TCP segment that crosses between two node
+//! hosts, scanned for the markers the simulator's applications put in every request.
 //!
 //! turmoil keeps each message on its link until its latency has passed and exposes it through
 //! [`turmoil::Sim::links`] as a [`turmoil::SentRef`], whose [`turmoil::Protocol`] carries the
@@ -9,135 +9,152 @@
 //! gap means the tap missed something, and the tap then says so rather than vouching for bytes
 //! it never saw.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use turmoil::{Protocol, Segment, Sim};
 
-/// One direction of one TCP connection, as seen on the wire.
+/// The prefix of every request marker: `SIMREQ:<traffic index>:<request number>;`.
+pub const MARKER: &[u8] = b"SIMREQ:";
+
+/// The marker of request `n` of traffic `traffic`.
+pub fn marker(traffic: usize, n: u64) -> String {
+    format!("SIMREQ:{traffic}:{n};")
+}
+
+/// Every marker in `bytes`, as (traffic index, request number).
+pub fn markers_in(bytes: &[u8]) -> Vec<(usize, u64)> {
+    let mut found = Vec::new();
+    let mut rest = bytes;
+    while let Some(at) = rest.windows(MARKER.len()).position(|w| w == MARKER) {
+        rest = &rest[at + MARKER.len()..];
+        let end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+        let parsed = std::str::from_utf8(&rest[..end.min(40)])
+            .ok()
+            .and_then(|s| s.split_once(':'))
+            .and_then(|(t, n)| Some((t.parse().ok()?, n.parse().ok()?)));
+        if let Some(m) = parsed {
+            found.push(m);
+        }
+    }
+    found
+}
+
+/// A marker seen in plaintext on the wire between two nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Flow {
-    /// The sending end, as turmoil addresses it (node address and port).
+pub struct Sighting {
     pub src: SocketAddr,
-    /// The receiving end.
     pub dst: SocketAddr,
-    /// The payload, in sequence order.
-    pub bytes: Vec<u8>,
-    /// Data and FIN segments seen.
-    pub segments: usize,
-    /// Whether the segments seen are exactly `1..=n`, i.e. none was missed.
-    pub complete: bool,
+    pub traffic: usize,
+    pub request: u64,
 }
 
-impl Flow {
-    /// Whether `needle` occurs in this flow's payload (across segment boundaries too).
-    pub fn contains(&self, needle: &[u8]) -> bool {
-        !needle.is_empty() && self.bytes.windows(needle.len()).any(|w| w == needle)
-    }
-
-    /// Whether either end of the flow is `port`.
-    pub fn touches_port(&self, port: u16) -> bool {
-        self.src.port() == port || self.dst.port() == port
-    }
+#[derive(Debug, Default)]
+struct FlowState {
+    seen: BTreeSet<u64>,
+    /// The last bytes of the flow, so a marker split across segments is found too.
+    tail: Vec<u8>,
+    bytes: usize,
 }
 
-/// Everything the tap saw.
+/// Totals for the summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WireReport {
-    /// In (src, dst) order.
-    pub flows: Vec<Flow>,
+    pub flows: usize,
+    pub segments: usize,
+    pub bytes: usize,
+    /// Flows with a gap in their segment numbers (the tap missed a segment).
+    pub incomplete: usize,
 }
 
 impl WireReport {
-    /// The flows whose payload contains `needle`.
-    pub fn flows_containing(&self, needle: &[u8]) -> Vec<&Flow> {
-        self.flows.iter().filter(|f| f.contains(needle)).collect()
-    }
-
-    /// Flows with a gap in their segment numbers.
-    pub fn incomplete(&self) -> Vec<&Flow> {
-        self.flows.iter().filter(|f| !f.complete).collect()
-    }
-
-    /// `<flows> flows, <segments> segments, <bytes> bytes`, for logs and reports.
+    /// `<flows> flows, <segments> segments, <bytes> bytes`.
     pub fn summary(&self) -> String {
-        let segments: usize = self.flows.iter().map(|f| f.segments).sum();
-        let bytes: usize = self.flows.iter().map(|f| f.bytes.len()).sum();
         format!(
-            "{} flows, {segments} segments, {bytes} bytes",
-            self.flows.len()
+            "{} flows, {} segments, {} bytes",
+            self.flows, self.segments, self.bytes
         )
     }
 }
 
-/// What one segment carried: payload, or the end of the flow.
-type Seen = Option<Vec<u8>>;
-
-/// Records the TCP segments on the link between two hosts.
-#[derive(Debug)]
+/// Records the TCP segments between any two of a set of hosts.
+#[derive(Debug, Default)]
 pub struct WireTap {
-    a: IpAddr,
-    b: IpAddr,
-    /// (src, dst) → segment number → payload. Ordered maps, so the report is deterministic.
-    flows: BTreeMap<(SocketAddr, SocketAddr), BTreeMap<u64, Seen>>,
+    hosts: BTreeSet<IpAddr>,
+    flows: BTreeMap<(SocketAddr, SocketAddr), FlowState>,
 }
 
 impl WireTap {
-    /// A tap on the link between the hosts at `a` and `b` (both directions).
-    pub fn new(a: IpAddr, b: IpAddr) -> Self {
+    /// A tap on every link between two of `hosts`.
+    pub fn new(hosts: impl IntoIterator<Item = IpAddr>) -> Self {
         WireTap {
-            a,
-            b,
+            hosts: hosts.into_iter().collect(),
             flows: BTreeMap::new(),
         }
     }
 
-    /// Reads every message currently on the tapped link. Call after every `Sim::step`.
-    pub fn observe(&mut self, sim: &Sim<'_>) {
-        let (a, b) = (self.a, self.b);
+    /// Reads every message on the tapped links; returns the markers in segments seen for the
+    /// first time (a marker may be reported more than once).
+    /// Call after every `Sim::step`.
+    pub fn observe(&mut self, sim: &Sim<'_>) -> Vec<Sighting> {
+        let hosts = &self.hosts;
         let flows = &mut self.flows;
+        let mut sightings = Vec::new();
         sim.links(|links| {
             for link in links {
                 let (x, y) = link.pair();
-                if !((x == a && y == b) || (x == b && y == a)) {
+                if x == y || !hosts.contains(&x) || !hosts.contains(&y) {
                     continue;
                 }
                 for sent in link {
                     let (src, dst) = sent.pair();
-                    let (seq, seen) = match sent.protocol() {
-                        Protocol::Tcp(Segment::Data(seq, bytes)) => (*seq, Some(bytes.to_vec())),
+                    let (seq, bytes) = match sent.protocol() {
+                        Protocol::Tcp(Segment::Data(seq, bytes)) => (*seq, Some(bytes)),
                         Protocol::Tcp(Segment::Fin(seq)) => (*seq, None),
                         _ => continue,
                     };
+                    let flow = flows.entry((src, dst)).or_default();
                     // A message stays on the link for several steps; the first sighting counts.
-                    flows
-                        .entry((src, dst))
-                        .or_default()
-                        .entry(seq)
-                        .or_insert(seen);
+                    if !flow.seen.insert(seq) {
+                        continue;
+                    }
+                    let Some(bytes) = bytes else { continue };
+                    flow.bytes += bytes.len();
+                    let mut window = std::mem::take(&mut flow.tail);
+                    window.extend_from_slice(bytes);
+                    for (traffic, request) in markers_in(&window) {
+                        sightings.push(Sighting {
+                            src,
+                            dst,
+                            traffic,
+                            request,
+                        });
+                    }
+                    // Enough to complete a marker cut at the segment boundary (a marker
+                    // wholly inside it is reported again: callers keep the first sighting).
+                    let keep = window.len().min(31);
+                    flow.tail = window.split_off(window.len() - keep);
                 }
             }
         });
+        sightings
     }
 
-    /// Reassembles what was seen so far.
+    /// Totals so far.
     pub fn report(&self) -> WireReport {
-        let flows = self
-            .flows
-            .iter()
-            .map(|(&(src, dst), segments)| {
-                let complete = segments.keys().copied().eq(1..=segments.len() as u64);
-                let bytes = segments.values().flatten().flatten().copied().collect();
-                Flow {
-                    src,
-                    dst,
-                    bytes,
-                    segments: segments.len(),
-                    complete,
-                }
-            })
-            .collect();
-        WireReport { flows }
+        let mut report = WireReport {
+            flows: self.flows.len(),
+            ..WireReport::default()
+        };
+        for flow in self.flows.values() {
+            report.segments += flow.seen.len();
+            report.bytes += flow.bytes;
+            let complete = flow.seen.iter().copied().eq(1..=flow.seen.len() as u64);
+            if !complete {
+                report.incomplete += 1;
+            }
+        }
+        report
     }
 }
 
@@ -146,25 +163,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn needle_across_segments_and_gaps() {
-        let addr = |p| SocketAddr::from(([192, 168, 0, 1], p));
-        let mut tap = WireTap::new(addr(1).ip(), "192.168.0.2".parse().unwrap());
-        let flow = tap.flows.entry((addr(49152), addr(15008))).or_default();
-        flow.insert(2, Some(b"et payload".to_vec()));
-        flow.insert(1, Some(b"a secr".to_vec()));
-        flow.insert(3, None);
-        let report = tap.report();
-        assert_eq!(report.flows[0].bytes, b"a secret payload");
-        assert!(report.flows[0].complete);
-        assert_eq!(report.flows_containing(b"secret").len(), 1);
-        assert!(report.flows[0].touches_port(15008));
-        assert!(report.incomplete().is_empty());
-
-        tap.flows
-            .entry((addr(49153), addr(15008)))
-            .or_default()
-            .insert(2, Some(b"x".to_vec()));
-        assert_eq!(tap.report().incomplete().len(), 1, "segment 1 was missed");
-        assert_eq!(tap.report().summary(), "2 flows, 4 segments, 17 bytes");
+    fn markers_are_found_and_parsed() {
+        let text = format!("GET /x {} and {}", marker(3, 17), marker(0, 1));
+        assert_eq!(markers_in(text.as_bytes()), vec![(3, 17), (0, 1)]);
+        assert!(markers_in(b"SIMREQ:x:1;").is_empty());
+        assert!(markers_in(b"nothing here").is_empty());
     }
 }
