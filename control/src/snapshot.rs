@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 
 use dataplane::policy::Authorization;
 use dataplane::state::{Service, Workload};
+use dataplane::xds::proto::ambient::waypoint::WaypointConfig;
 
-/// Everything ztunnels are told, keyed as on the wire (wire facts §1.4).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Everything ztunnels and waypoints are told, keyed as on the wire (wire facts §1.4). Not
+/// `Eq`: the waypoint configs are prost messages, which are only `PartialEq`.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     /// By `Workload.uid` (`<cluster>//Pod/<ns>/<name>`).
     pub workloads: BTreeMap<String, Workload>,
@@ -16,6 +18,9 @@ pub struct Snapshot {
     pub services: BTreeMap<String, Service>,
     /// By `<namespace>/<name>`.
     pub policies: BTreeMap<String, Authorization>,
+    /// Each waypoint's L7 configuration, by `<namespace>/<gateway name>`; served only to
+    /// streams that subscribe to `WAYPOINT_TYPE_URL`.
+    pub waypoints: BTreeMap<String, WaypointConfig>,
 }
 
 /// Mesh-wide settings: upstream's mesh config and istiod flags that translation depends on.

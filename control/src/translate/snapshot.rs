@@ -8,7 +8,7 @@ use dataplane::policy::Authorization;
 
 use super::authorization::{self, Translated};
 use super::peer_authentication::{self, PeerAuthentication, WorkloadRef};
-use super::{services, workloads};
+use super::{services, waypoint_config, workloads};
 use crate::snapshot::{MeshConfig, Snapshot};
 use crate::store::Store;
 
@@ -106,5 +106,6 @@ pub fn snapshot(store: &Store, mesh: &MeshConfig) -> Snapshot {
         workloads,
         services: services::services(store, mesh),
         policies,
+        waypoints: waypoint_config::waypoint_configs(store, mesh),
     }
 }

@@ -96,7 +96,7 @@ fn selector_matches(
 }
 
 /// Whether the waypoint's HBONE listener admits objects from `namespace`.
-fn admits(store: &Store, gateway: &Gateway, namespace: &str) -> bool {
+pub(crate) fn admits(store: &Store, gateway: &Gateway, namespace: &str) -> bool {
     let gateway_ns = gateway.metadata.namespace.as_deref().unwrap_or("");
     let hbone: Vec<_> = gateway
         .spec
@@ -147,6 +147,19 @@ pub fn resolve(
     labels: &BTreeMap<String, String>,
     kind: TrafficKind,
 ) -> Option<GatewayAddress> {
+    let (gw_ns, gw_name) = bound_to(store, namespace, labels, kind)?;
+    Some(address(mesh, &gw_ns, &gw_name))
+}
+
+/// `(namespace, name)` of the waypoint Gateway an object in `namespace` with `labels` is bound
+/// to for `kind` traffic: what [`resolve`] addresses, by name, for the waypoint's own
+/// configuration.
+pub fn bound_to(
+    store: &Store,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    kind: TrafficKind,
+) -> Option<(String, String)> {
     // Waypoints (and their Services) never use a waypoint themselves.
     if labels.contains_key(GATEWAY_NAME) {
         return None;
@@ -161,7 +174,7 @@ pub fn resolve(
     let (gw_ns, gw_name) = chosen?;
     let gateway = store.gateway(&gw_ns, &gw_name)?;
     (is_waypoint(gateway) && carries(gateway, kind) && admits(store, gateway, namespace))
-        .then(|| address(mesh, &gw_ns, &gw_name))
+        .then_some((gw_ns, gw_name))
 }
 
 /// Whether a pod with `labels` in `namespace` is one of a waypoint's own pods.

@@ -75,6 +75,7 @@ services:
             .collect(),
         services: state.services().map(|s| (s.key(), (**s).clone())).collect(),
         policies: state.policies().map(|p| (p.key(), (**p).clone())).collect(),
+        waypoints: Default::default(),
     }
 }
 

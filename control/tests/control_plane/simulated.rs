@@ -51,6 +51,7 @@ fn cluster(extra: &str) -> Snapshot {
             .collect(),
         services: Default::default(),
         policies: state.policies().map(|p| (p.key(), (**p).clone())).collect(),
+        waypoints: Default::default(),
     }
 }
 

@@ -8,5 +8,6 @@ mod services;
 mod sources;
 mod translate_authorization;
 mod translate_peer_authentication;
+mod waypoint_config;
 mod waypoints;
 mod workloads;
