@@ -1,5 +1,6 @@
 //! The xDS server: Delta ADS for `istio.workload.Address` and `istio.security.Authorization`,
-//! as upstream istiod serves ztunnels (wire facts §1).
+//! as upstream istiod serves ztunnels (wire facts §1), and our own
+//! `ambient.waypoint.WaypointConfig` for waypoints that subscribe to it.
 
 mod resources;
 mod server;

@@ -11,8 +11,8 @@ use prost::Message;
 
 use dataplane::xds::proto::envoy::service::discovery::v3::Resource;
 use dataplane::xds::{
-    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, authorization_to_proto, service_to_proto,
-    workload_to_proto,
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WAYPOINT_TYPE_URL, authorization_to_proto,
+    service_to_proto, workload_to_proto,
 };
 
 use crate::snapshot::Snapshot;
@@ -31,8 +31,10 @@ pub struct PublishedResources {
     pub by_type: BTreeMap<&'static str, BTreeMap<String, Published>>,
 }
 
-/// The two type URLs istiod serves to ztunnels, in the order ztunnel subscribes.
-pub const TYPE_URLS: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
+/// The type URLs served: the two ztunnels subscribe to, in the order they subscribe, then
+/// the waypoints' own. A stream is only ever sent the types it subscribed to, so serving the
+/// third changes nothing for ztunnels, which never ask for it.
+pub const TYPE_URLS: [&str; 3] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WAYPOINT_TYPE_URL];
 
 /// FNV-1a, 64 bit: stable across processes and platforms (unlike `DefaultHasher`).
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -99,9 +101,20 @@ impl PublishedResources {
                 resource(AUTHORIZATION_TYPE_URL, key.clone(), Vec::new(), value),
             );
         }
+        // Named `<namespace>/<gateway name>`; a waypoint subscribes to its own name.
+        let waypoints = snapshot
+            .waypoints
+            .iter()
+            .map(|(key, config)| {
+                let value = config.encode_to_vec();
+                let published = resource(WAYPOINT_TYPE_URL, key.clone(), Vec::new(), value);
+                (key.clone(), published)
+            })
+            .collect();
         let mut by_type = BTreeMap::new();
         by_type.insert(ADDRESS_TYPE_URL, addresses);
         by_type.insert(AUTHORIZATION_TYPE_URL, policies);
+        by_type.insert(WAYPOINT_TYPE_URL, waypoints);
         PublishedResources {
             generation,
             by_type,

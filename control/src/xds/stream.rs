@@ -7,6 +7,10 @@
 //! only the difference. Wildcard subscriptions get everything; on-demand keys (`<network>/<ip>`
 //! or `<namespace>/<hostname>`) match a resource by name or alias, and a key that matches
 //! nothing is answered as removed so the client stops waiting.
+//!
+//! The same machine serves waypoints their `WaypointConfig` (by name `<namespace>/<name>`, or
+//! wildcard). Only subscribed types are ever sent, so a ztunnel, which subscribes to the two
+//! upstream types alone, never sees it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -170,3 +170,86 @@ fn on_demand_keys_match_by_alias_and_unknown_keys_are_answered() {
     assert_eq!(sent, ["Kubernetes//Pod/shop/echo-0"]);
     assert_eq!(response.removed_resources, ["/10.9.9.9"]);
 }
+
+#[test]
+fn waypoint_configs_go_to_waypoints_only() {
+    use dataplane::xds::WAYPOINT_TYPE_URL;
+    use dataplane::xds::proto::ambient::waypoint::WaypointConfig;
+    use prost::Message;
+
+    let publish = |services: &[&str], generation| {
+        let mut snapshot = snapshot([10, 1, 1], "");
+        for name in ["waypoint", "other"] {
+            let config = WaypointConfig {
+                namespace: "shop".into(),
+                name: name.into(),
+                services: services
+                    .iter()
+                    .map(
+                        |key| dataplane::xds::proto::ambient::waypoint::BoundService {
+                            key: (*key).into(),
+                            ..Default::default()
+                        },
+                    )
+                    .collect(),
+                policies: Vec::new(),
+            };
+            snapshot.waypoints.insert(format!("shop/{name}"), config);
+        }
+        Arc::new(PublishedResources::encode(&snapshot, generation))
+    };
+    let first = publish(&["shop/echo.shop.svc.cluster.local"], 1);
+
+    // A ztunnel: the two upstream types, wildcard.
+    let mut ztunnel = XdsStream::new(first.clone());
+    for type_url in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL] {
+        let (response, _) = ztunnel.on_request(subscribe(type_url));
+        let response = response.unwrap();
+        assert_eq!(response.type_url, type_url);
+        assert!(
+            response
+                .resources
+                .iter()
+                .all(|r| r.resource.as_ref().unwrap().type_url == type_url)
+        );
+    }
+
+    // A waypoint: its own config, by name.
+    let mut waypoint = XdsStream::new(first);
+    let mut request = subscribe(WAYPOINT_TYPE_URL);
+    request.resource_names_subscribe = vec!["shop/waypoint".into()];
+    let (response, received) = waypoint.on_request(request);
+    assert_eq!(
+        received,
+        Received::Subscribed {
+            type_url: WAYPOINT_TYPE_URL.into()
+        }
+    );
+    let response = response.unwrap();
+    assert_eq!(response.type_url, WAYPOINT_TYPE_URL);
+    let [resource] = response.resources.as_slice() else {
+        panic!("only the subscribed waypoint: {:?}", response.resources)
+    };
+    assert_eq!(resource.name, "shop/waypoint");
+    let any = resource.resource.as_ref().unwrap();
+    assert_eq!(any.type_url, WAYPOINT_TYPE_URL);
+    let config = WaypointConfig::decode(any.value.as_slice()).unwrap();
+    assert_eq!(config.services[0].key, "shop/echo.shop.svc.cluster.local");
+
+    // Only the waypoint configs change: the waypoint is told, the ztunnel is sent nothing.
+    let second = publish(
+        &[
+            "shop/echo.shop.svc.cluster.local",
+            "shop/v2.shop.svc.cluster.local",
+        ],
+        2,
+    );
+    assert!(ztunnel.on_publish(second.clone()).is_empty());
+    let updates = waypoint.on_publish(second);
+    let [update] = updates.as_slice() else {
+        panic!("one update: {updates:?}")
+    };
+    assert_eq!(update.type_url, WAYPOINT_TYPE_URL);
+    let names: Vec<_> = update.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["shop/waypoint"]);
+}
