@@ -168,3 +168,37 @@ async fn a_resource_the_ztunnel_cannot_apply_is_nacked_by_name_and_the_rest_appl
         assert_eq!(s.workloads().count(), 2, "the addresses applied");
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_store_changes_becomes_one_push() {
+    use control::istiod::SharedStore;
+    use control::sources::parse_str;
+    use control::store::{Store, StoreConfig};
+    use std::sync::atomic::Ordering;
+
+    let net = subnet();
+    let istiod = start_istiod(net, &new_ca()).await;
+    let store = SharedStore::new(Store::new(StoreConfig::default()));
+    istiod.follow(store.clone());
+    let bundle = istiod.trust_bundle();
+    let token = istiod.issue_token("node-a", None, Duration::from_secs(3600));
+    let a = start_ztunnel(net, "node-a", ip(net, 2), &bundle, token).await;
+    assert!(eventually(WAIT, || a.is_ready()).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = istiod.stats().responses_sent.load(Ordering::Relaxed);
+
+    // Twenty policies, one every 2 ms: well inside one 100 ms debounce window.
+    for i in 0..20 {
+        let yaml = format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {{name: p{i}, namespace: default}}\nspec: {{action: DENY, rules: [{{}}]}}\n"
+        );
+        let object = parse_str(&yaml, "burst.yaml").unwrap().remove(0).object;
+        store.update(|s| s.apply(object).unwrap());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(eventually(WAIT, || a.state().read(|s| s.policies().count()) == 20).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pushes = istiod.stats().responses_sent.load(Ordering::Relaxed) - before;
+    assert_eq!(pushes, 1, "the burst is debounced into one push");
+}
