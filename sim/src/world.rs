@@ -423,7 +423,10 @@ fn fingerprint<'a>(
     let mut f = Fingerprint::default();
     for w in workloads {
         f.workloads += 1;
-        let key = format!("w {} {:?} {:?}", w.uid, w.workload_ips, w.protocol);
+        let key = format!(
+            "w {} {:?} {:?} {:?} {:?}",
+            w.uid, w.workload_ips, w.protocol, w.authorization_policies, w.services
+        );
         f.sum = f.sum.wrapping_add(fnv1a64(key.as_bytes()));
     }
     for s in services {
