@@ -164,12 +164,12 @@ fn print_report(report: &Report, print_trace: bool) {
         }
         println!("    wire between nodes: {}", report.output.wire.summary());
     }
-    if let Some(v) = &report.output.violation {
-        if !report.passed() || print_trace {
-            println!("    last events before the violation:");
-            for e in &v.before {
-                println!("      {e}");
-            }
+    if let Some(v) = &report.output.violation
+        && (!report.passed() || print_trace)
+    {
+        println!("    last events before the violation:");
+        for e in &v.before {
+            println!("      {e}");
         }
     }
     if !report.passed() {

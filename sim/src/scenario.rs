@@ -569,38 +569,39 @@ pub struct Expectation(pub Vec<Phase>);
 
 impl<'de> Deserialize<'de> for Expectation {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            One(String),
-            Phases(Vec<Phase>),
-        }
-        let raw = Raw::deserialize(d).map_err(|_| {
-            de::Error::custom(
-                "expect: an outcome (succeed, denied, refused, timeout, fail, \"status <code>\") \
-                 or a list of {from: <duration>, outcome: <outcome>}",
-            )
-        })?;
-        let phases = match raw {
-            Raw::One(s) => {
-                let outcome =
-                    Expected::deserialize(de::value::StrDeserializer::<D::Error>::new(&s))?;
-                vec![Phase {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Expectation;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "an outcome (succeed, denied, refused, timeout, fail, \"status <code>\") or a \
+                     list of {from: <duration>, outcome: <outcome>}",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Expectation, E> {
+                let outcome = Expected::deserialize(de::value::StrDeserializer::<E>::new(v))?;
+                Ok(Expectation(vec![Phase {
                     from: Dur::default(),
                     outcome,
-                }]
+                }]))
             }
-            Raw::Phases(p) => p,
-        };
-        if phases.is_empty() {
-            return Err(de::Error::custom("expect: at least one phase"));
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Expectation, A::Error> {
+                let mut phases: Vec<Phase> = Vec::new();
+                while let Some(phase) = seq.next_element::<Phase>()? {
+                    if phases.last().is_some_and(|p| p.from >= phase.from) {
+                        return Err(de::Error::custom(
+                            "expect: phases must be in increasing `from` order",
+                        ));
+                    }
+                    phases.push(phase);
+                }
+                if phases.is_empty() {
+                    return Err(de::Error::custom("expect: at least one phase"));
+                }
+                Ok(Expectation(phases))
+            }
         }
-        if phases.windows(2).any(|w| w[0].from >= w[1].from) {
-            return Err(de::Error::custom(
-                "expect: phases must be in increasing `from` order",
-            ));
-        }
-        Ok(Expectation(phases))
+        d.deserialize_any(V)
     }
 }
 
@@ -872,13 +873,11 @@ impl Scenario {
                     host(b)?;
                 }
                 Action::Crash(h) | Action::Restart(h) => host(h)?,
-                Action::Delete(r) => {
-                    if control::sources::Kind::from_name(&r.kind).is_none() {
-                        return Err((
-                            Some(format!("kind: {}", r.kind)),
-                            format!("delete: unknown kind {:?}", r.kind),
-                        ));
-                    }
+                Action::Delete(r) if control::sources::Kind::from_name(&r.kind).is_none() => {
+                    return Err((
+                        Some(format!("kind: {}", r.kind)),
+                        format!("delete: unknown kind {:?}", r.kind),
+                    ));
                 }
                 _ => {}
             }
@@ -1043,14 +1042,20 @@ mod tests {
             "{MINIMAL}traffic:\n- name: t\n  from: {{pod: shop/a}}\n  to: {{service: shop/b, port: 80}}\n  duration: 1s\n  expect: sucseed\n"
         );
         let e = parse(&text).unwrap_err();
-        assert_eq!(e.line, Some(14), "{e}");
+        assert_eq!(e.line, Some(13), "{e}");
+        assert!(e.message.contains("unknown outcome \"sucseed\""), "{e}");
 
         let text = format!(
             "{MINIMAL}traffic:\n- name: t\n  from: {{pod: shop/a}}\n  to: {{service: shop/b}}\n  duration: 1s\n  expect: succeed\n"
         );
         let e = parse(&text).unwrap_err();
-        assert_eq!(e.line, Some(12), "{e}");
-        assert!(e.message.contains("needs a port"), "{e}");
+        // Checks made after a mapping is read name the line of the item that holds it.
+        assert_eq!(e.line, Some(9), "{e}");
+        assert!(
+            e.message
+                .contains("traffic[0]: the destination needs a port"),
+            "{e}"
+        );
     }
 
     #[test]

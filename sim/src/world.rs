@@ -530,6 +530,10 @@ struct Driver<'s> {
     pending: Option<(Duration, String)>,
     expected: Fingerprint,
     last_convergence_check: Duration,
+    /// When the store changed (apply, delete steps).
+    store_changes: Vec<Duration>,
+    /// Per node: the state version last fingerprinted, and its fingerprint.
+    fingerprints: BTreeMap<String, (u64, Fingerprint)>,
     reported_plaintext: BTreeSet<(usize, u64)>,
     timeline: Vec<(Duration, String, bool)>,
     violation: Option<Violation>,
@@ -626,6 +630,8 @@ fn run_traced(scenario: &Scenario, seed: u64, trace: Trace) -> RunOutput {
         pending: Some((Duration::ZERO, "start".into())),
         expected: Fingerprint::default(),
         last_convergence_check: Duration::ZERO,
+        fingerprints: BTreeMap::new(),
+        store_changes: Vec::new(),
         reported_plaintext: BTreeSet::new(),
         timeline: Vec::new(),
         violation: None,
@@ -643,9 +649,16 @@ fn run_traced(scenario: &Scenario, seed: u64, trace: Trace) -> RunOutput {
         shared,
         ..
     } = driver;
+    // Hosts run one after another within a tick, and turmoil's own bookkeeping (hash maps
+    // keyed per process) can change that order between runs in one process, e.g. which peer
+    // learns first that a crashed host's connections are gone. Events of different hosts in
+    // the same millisecond are concurrent, so the trace orders them by host; each host's own
+    // events keep their order.
+    let mut events = trace.events();
+    events.sort_by(|a, b| (a.at, &a.host).cmp(&(b.at, &b.host)));
     let output = RunOutput {
         sim_time: sim.elapsed(),
-        events: trace.events(),
+        events,
         wire: tap.report(),
         requests,
         violation,
@@ -848,6 +861,7 @@ impl Driver<'_> {
                 if h == ISTIOD {
                     self.shared.istiod.borrow_mut().take();
                 } else {
+                    self.fingerprints.remove(h);
                     self.shared.ztunnels.borrow_mut().remove(h);
                     self.shared.app_connections.borrow_mut().remove(h);
                     // Requests its clients had in flight die with them.
@@ -861,6 +875,7 @@ impl Driver<'_> {
                 if h == ISTIOD {
                     self.shared.istiod.borrow_mut().take();
                 } else {
+                    self.fingerprints.remove(h);
                     self.shared.ztunnels.borrow_mut().remove(h);
                     self.shared.app_connections.borrow_mut().remove(h);
                     self.outstanding.retain(|_, (_, node)| node != h);
@@ -891,6 +906,9 @@ impl Driver<'_> {
 
     /// Configuration changed: every ztunnel must hold the new translation within the bound.
     fn changed(&mut self, what: &str) {
+        if what == "apply" || what == "delete" {
+            self.store_changes.push(self.now());
+        }
         self.refresh_pods();
         self.expected = self.expected_snapshot();
         self.pending = Some((self.now(), what.to_string()));
@@ -1279,6 +1297,15 @@ impl Driver<'_> {
         let bound = self.scenario.invariants.convergence.0;
         let (current, since, previous) = traffic.expect.at(started);
         let current = current?;
+        // A change to the cluster (pods come and go, policies change) may fail requests made
+        // while it propagates: they are not judged until the convergence bound has passed.
+        if self
+            .store_changes
+            .iter()
+            .any(|&c| c <= started + traffic.timeout.0 && started < c + bound)
+        {
+            return None;
+        }
         if traffic
             .expect
             .next_change_after(started)
@@ -1404,7 +1431,20 @@ impl Driver<'_> {
                 lagging = Some((node.clone(), "not started".to_string()));
                 break;
             };
-            let f = z.state().read(state_fingerprint);
+            let version = *z.state().subscribe().borrow();
+            let cached = self
+                .fingerprints
+                .get(node)
+                .filter(|(v, _)| *v == version)
+                .map(|(_, f)| *f);
+            let f = match cached {
+                Some(f) => f,
+                None => {
+                    let f = z.state().read(state_fingerprint);
+                    self.fingerprints.insert(node.clone(), (version, f));
+                    f
+                }
+            };
             if f != self.expected {
                 lagging = Some((
                     node.clone(),
