@@ -9,7 +9,7 @@ pub mod state_dir;
 pub use follow::SharedStore;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -89,12 +89,20 @@ struct Publisher {
     resources: watch::Sender<SharedResources>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     generation: Arc<AtomicU64>,
+    /// False after resources were published directly: then nothing is reused.
+    consistent: Arc<AtomicBool>,
 }
 
 impl Publisher {
     fn publish(&self, snapshot: Snapshot) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        let encoded = PublishedResources::encode(&snapshot, generation);
+        let previous_snapshot = self.snapshot.borrow().clone();
+        let previous_resources = self.resources.borrow().clone();
+        let previous = self
+            .consistent
+            .swap(true, Ordering::AcqRel)
+            .then_some((&*previous_snapshot, &*previous_resources));
+        let encoded = PublishedResources::encode_since(&snapshot, generation, previous);
         self.snapshot.send_replace(Arc::new(snapshot));
         self.resources.send_replace(Arc::new(encoded));
         generation
@@ -239,6 +247,7 @@ pub async fn run(
             resources: resources_tx,
             snapshot: snapshot_tx,
             generation: Arc::new(AtomicU64::new(0)),
+            consistent: Arc::new(AtomicBool::new(true)),
         },
         ca,
         tokens,
@@ -279,6 +288,7 @@ impl Istiod {
     /// Publishes already-encoded resources as they are (tests use this to send a resource a
     /// ztunnel must reject).
     pub fn publish_resources(&self, resources: PublishedResources) {
+        self.publisher.consistent.store(false, Ordering::Release);
         self.publisher.resources.send_replace(Arc::new(resources));
     }
 

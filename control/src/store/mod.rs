@@ -106,8 +106,9 @@ impl Store {
     /// Adds or replaces one object. Returns whether anything changed; a refused object
     /// leaves the store as it was.
     pub fn apply(&mut self, object: Object) -> Result<bool, StoreError> {
+        let schedules = affects_scheduling(object.kind());
         let changed = self.insert(object)?;
-        if changed {
+        if changed && schedules {
             self.schedule
                 .reconcile(&self.objects, &self.config.service_cidr);
         }
@@ -166,8 +167,10 @@ impl Store {
         if kind == Kind::Namespace {
             self.objects.retain(|k, _| k.namespace != name);
         }
-        self.schedule
-            .reconcile(&self.objects, &self.config.service_cidr);
+        if affects_scheduling(kind) {
+            self.schedule
+                .reconcile(&self.objects, &self.config.service_cidr);
+        }
         true
     }
 
@@ -265,4 +268,13 @@ impl Store {
                 .collect(),
         }
     }
+}
+
+/// Whether a change to `kind` can move pods or service IPs: only those re-run the scheduler,
+/// so a policy change costs nothing here however large the cluster.
+fn affects_scheduling(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Namespace | Kind::Node | Kind::Pod | Kind::Deployment | Kind::Service
+    )
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use dataplane::state::{PortMap, TunnelProtocol, Workload, WorkloadStatus};
+use k8s_openapi::api::core::v1::Service as K8sService;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::services::{self, TargetPort};
@@ -63,17 +64,43 @@ fn trust_domain(mesh: &MeshConfig) -> String {
     }
 }
 
+/// Selector Services by namespace, built once per translation so each pod is matched only
+/// against its own namespace's Services (the cost stays linear in pods).
+struct ServiceIndex<'a> {
+    by_namespace: BTreeMap<&'a str, Vec<(&'a K8sService, &'a BTreeMap<String, String>)>>,
+}
+
+impl<'a> ServiceIndex<'a> {
+    fn new(store: &'a Store) -> Self {
+        let mut by_namespace: BTreeMap<&str, Vec<_>> = BTreeMap::new();
+        for service in store.services() {
+            if let Some(selector) = services::selector(service) {
+                let namespace = service.metadata.namespace.as_deref().unwrap_or("");
+                by_namespace
+                    .entry(namespace)
+                    .or_default()
+                    .push((service, selector));
+            }
+        }
+        ServiceIndex { by_namespace }
+    }
+}
+
 /// `ns/hostname` → port map, for every selector Service in the pod's namespace that selects
 /// it. Named target ports resolve against the pod's container ports; unresolved ones drop.
-fn pod_services(store: &Store, mesh: &MeshConfig, pod: &PodView<'_>) -> BTreeMap<String, PortMap> {
+fn pod_services(
+    index: &ServiceIndex<'_>,
+    mesh: &MeshConfig,
+    pod: &PodView<'_>,
+) -> BTreeMap<String, PortMap> {
     let mut out = BTreeMap::new();
-    for service in store.services() {
-        if service.metadata.namespace.as_deref() != Some(pod.namespace) {
-            continue;
-        }
-        let Some(selector) = services::selector(service) else {
-            continue;
-        };
+    let candidates = index
+        .by_namespace
+        .get(pod.namespace)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    for (service, selector) in candidates {
+        let service = *service;
         if !selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)) {
             continue;
         }
@@ -102,6 +129,7 @@ fn pod_services(store: &Store, mesh: &MeshConfig, pod: &PodView<'_>) -> BTreeMap
 
 fn pod_workload(
     store: &Store,
+    index: &ServiceIndex<'_>,
     mesh: &MeshConfig,
     pod: &PodView<'_>,
     policy_refs: &PolicyRefs<'_>,
@@ -166,7 +194,7 @@ fn pod_workload(
         .to_string(),
         workload_name: deployment.unwrap_or(&pod.name).to_string(),
         native_tunnel,
-        services: pod_services(store, mesh, pod),
+        services: pod_services(index, mesh, pod),
         authorization_policies: policy_refs(pod.namespace, pod.labels),
         status: if pod.ready {
             WorkloadStatus::Healthy
@@ -303,11 +331,12 @@ pub fn workloads(
     mesh: &MeshConfig,
     policy_refs: &PolicyRefs<'_>,
 ) -> BTreeMap<String, Workload> {
+    let index = ServiceIndex::new(store);
     let mut out: BTreeMap<String, Workload> = store
         .pods()
         .iter()
         .filter(|p| !p.ips.is_empty() && !p.terminated)
-        .map(|p| pod_workload(store, mesh, p, policy_refs))
+        .map(|p| pod_workload(store, &index, mesh, p, policy_refs))
         .map(|w| (w.uid.clone(), w))
         .collect();
     add_slice_endpoints(store, mesh, &mut out);

@@ -68,8 +68,28 @@ pub fn resource(type_url: &str, name: String, aliases: Vec<String>, value: Vec<u
 impl PublishedResources {
     /// Encodes `snapshot`.
     pub fn encode(snapshot: &Snapshot, generation: u64) -> Self {
+        Self::encode_since(snapshot, generation, None)
+    }
+
+    /// Encodes `snapshot`, reusing the encoding of every entry equal to the one in `previous`
+    /// (the snapshot and resources of the last publish): a change to one policy re-encodes
+    /// one resource, not the whole cluster.
+    pub fn encode_since(
+        snapshot: &Snapshot,
+        generation: u64,
+        previous: Option<(&Snapshot, &PublishedResources)>,
+    ) -> Self {
+        let reuse = |type_url: &str, key: &str, unchanged: bool| -> Option<Published> {
+            let (_, resources) = previous.filter(|_| unchanged)?;
+            resources.of(type_url)?.get(key).cloned()
+        };
         let mut addresses = BTreeMap::new();
         for (uid, w) in &snapshot.workloads {
+            let unchanged = previous.is_some_and(|(p, _)| p.workloads.get(uid) == Some(w));
+            if let Some(published) = reuse(ADDRESS_TYPE_URL, uid, unchanged) {
+                addresses.insert(uid.clone(), published);
+                continue;
+            }
             let aliases = w
                 .workload_ips
                 .iter()
@@ -82,6 +102,11 @@ impl PublishedResources {
             );
         }
         for (key, s) in &snapshot.services {
+            let unchanged = previous.is_some_and(|(p, _)| p.services.get(key) == Some(s));
+            if let Some(published) = reuse(ADDRESS_TYPE_URL, key, unchanged) {
+                addresses.insert(key.clone(), published);
+                continue;
+            }
             let aliases = s
                 .vips
                 .iter()
@@ -95,6 +120,11 @@ impl PublishedResources {
         }
         let mut policies = BTreeMap::new();
         for (key, p) in &snapshot.policies {
+            let unchanged = previous.is_some_and(|(prev, _)| prev.policies.get(key) == Some(p));
+            if let Some(published) = reuse(AUTHORIZATION_TYPE_URL, key, unchanged) {
+                policies.insert(key.clone(), published);
+                continue;
+            }
             let value = authorization_to_proto(p).encode_to_vec();
             policies.insert(
                 key.clone(),
