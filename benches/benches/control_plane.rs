@@ -141,6 +141,45 @@ fn store_costs(workloads: usize, reps: usize) -> StoreCost {
     }
 }
 
+/// The istiod side of one push, without the network: a policy change applied, translated and
+/// encoded, then diffed for `streams` connected ztunnels (each an `XdsStream` that holds the
+/// previous state), in a cluster of `workloads`.
+fn push_compute(workloads: usize, streams: usize) -> Duration {
+    use control::xds::XdsStream;
+    use dataplane::xds::proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    let mesh = MeshConfig::default();
+    let mut store = store(workloads);
+    let snapshot = translate::snapshot(&store, &mesh);
+    let resources = Arc::new(PublishedResources::encode(&snapshot, 1));
+    let mut connected: Vec<XdsStream> = (0..streams)
+        .map(|_| {
+            let mut stream = XdsStream::new(resources.clone());
+            for type_url in control::xds::TYPE_URLS.iter().take(2) {
+                let _ = stream.on_request(DeltaDiscoveryRequest {
+                    type_url: type_url.to_string(),
+                    ..DeltaDiscoveryRequest::default()
+                });
+            }
+            stream
+        })
+        .collect();
+    let start = Instant::now();
+    store.apply(policy("pushed")).expect("policy applies");
+    let next = translate::snapshot(&store, &mesh);
+    let encoded = Arc::new(PublishedResources::encode_since(
+        &next,
+        2,
+        Some((&snapshot, &resources)),
+    ));
+    let mut responses = 0;
+    for stream in &mut connected {
+        responses += stream.on_publish(encoded.clone()).len();
+    }
+    let took = start.elapsed();
+    assert_eq!(responses, streams, "one Authorization response per ztunnel");
+    took
+}
+
 struct PushCost {
     ztunnels: usize,
     converged: Duration,
@@ -282,6 +321,8 @@ fn main() {
             c
         })
         .collect();
+    let compute: Vec<(usize, Duration)> =
+        sizes.iter().map(|&w| (w, push_compute(w, 1_000))).collect();
     let fleets = if only_store { &[][..] } else { fleets };
     let pushes: Vec<PushCost> = fleets
         .iter()
@@ -313,6 +354,12 @@ fn main() {
     if let Some(r) = ratio {
         println!("10k / 1k policy-change cost: {r:.1}x (linear growth: ~10x)");
     }
+    for (w, took) in &compute {
+        println!(
+            "push computed for 1000 ztunnels, {w} workloads: {:.2} ms wall (apply, translate, encode, 1000 diffs)",
+            ms(*took)
+        );
+    }
     println!(
         "{:<34}{:>14}{:>16}",
         "push to every ztunnel", "simulated", "wall"
@@ -335,6 +382,10 @@ fn main() {
             "policy_change_ms": c.change.as_secs_f64() * 1e3,
         })).collect::<Vec<_>>(),
         "change_cost_ratio_10k_over_1k": ratio,
+        "push_compute_1000_ztunnels": compute.iter().map(|(w, d)| serde_json::json!({
+            "workloads": w,
+            "wall_ms": d.as_secs_f64() * 1e3,
+        })).collect::<Vec<_>>(),
         "push": pushes.iter().map(|p| serde_json::json!({
             "ztunnels": p.ztunnels,
             "simulated_ms": p.converged.as_secs_f64() * 1e3,

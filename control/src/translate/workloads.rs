@@ -66,8 +66,10 @@ fn trust_domain(mesh: &MeshConfig) -> String {
 
 /// Selector Services by namespace, built once per translation so each pod is matched only
 /// against its own namespace's Services (the cost stays linear in pods).
+type Selector = BTreeMap<String, String>;
+
 struct ServiceIndex<'a> {
-    by_namespace: BTreeMap<&'a str, Vec<(&'a K8sService, &'a BTreeMap<String, String>)>>,
+    by_namespace: BTreeMap<&'a str, Vec<(&'a K8sService, &'a Selector)>>,
 }
 
 impl<'a> ServiceIndex<'a> {

@@ -193,9 +193,16 @@ fn leaf_params(
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     params.use_authority_key_identifier_extension = true;
-    params.not_before = to_time(now - BACKDATE);
+    params.not_before = to_time(now - backdate(ttl));
     params.not_after = to_time(now + ttl);
     Ok(params)
+}
+
+/// How far a leaf's validity starts before issuance: [`BACKDATE`], but never more than a tenth
+/// of the lifetime — renewal is due at half of `not_after − not_before`, and a backdate close
+/// to half the lifetime would make a fresh certificate due at once.
+fn backdate(ttl: Duration) -> Duration {
+    BACKDATE.min(ttl / 10)
 }
 
 #[cfg(test)]
@@ -222,6 +229,21 @@ mod tests {
         assert!(san.critical, "SAN must be critical with an empty subject");
         let eku = x.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.server_auth && eku.client_auth);
+    }
+
+    #[test]
+    fn short_lived_certificates_are_not_due_when_issued() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ca = LocalCa::generate("cluster.local", now).unwrap();
+        let id = Identity::new("cluster.local", "shop", "web");
+        for ttl in [60, 120, 300, 86_400] {
+            let cert = ca.issue(&id, Duration::from_secs(ttl), now).unwrap();
+            let due_in = cert.refresh_at().duration_since(now).unwrap();
+            assert!(
+                due_in >= Duration::from_secs(ttl * 2 / 5),
+                "a {ttl} s certificate is due after {due_in:?}"
+            );
+        }
     }
 
     #[test]

@@ -137,6 +137,12 @@ fn resolve_target(
 
 async fn handle_connect(inner: Arc<Inner>, workload: Arc<Workload>, incoming: IncomingConnect) {
     let started = tokio::time::Instant::now();
+    // The workload as the state has it now, not as it was when this pooled HBONE connection
+    // was accepted: its selector-scoped policies may have changed since.
+    let workload = inner
+        .state
+        .read(|state| state.workload(&workload.uid))
+        .unwrap_or(workload);
     let request = incoming.request.clone();
     let peer = request.peer;
     let refuse = |incoming: IncomingConnect, status: StatusCode, flags: &str, reason: &str| {

@@ -274,3 +274,33 @@ async fn socks5_resolves_service_hostnames() {
     s.read_exact(&mut reply).await.unwrap();
     assert_eq!((reply[2], reply[3]), (5, 4), "{reply:?}");
 }
+
+#[tokio::test]
+async fn a_selector_policy_added_later_applies_on_a_pooled_connection() {
+    let pair = Pair::start("").await;
+    pair.still_serves().await;
+    // The pooled HBONE connection to node-b now exists. Echo's workload then gains a reference
+    // to a selector-scoped ALLOW for another identity, as istiod would push it.
+    let late = r#"policies:
+- name: late-policy
+  namespace: shop
+  scope: WorkloadSelector
+  action: Allow
+  dryRun: false
+  rules:
+  - - - principals: [!Exact cluster.local/ns/shop/sa/other]
+"#;
+    let policy = dataplane::localconfig::LocalConfig::parse(late).unwrap();
+    pair.b.state().update(|st| {
+        policy.apply_to(st);
+        let mut echo = (*st.workload("Kubernetes//Pod/shop/echo-0").unwrap()).clone();
+        echo.authorization_policies.push("shop/late-policy".into());
+        st.insert_workload(echo);
+    });
+    assert_eq!(pair.b.pooled_connections() + pair.a.pooled_connections(), 1);
+    let (code, _) = pair.connect(pair.echo()).await;
+    assert_eq!(
+        code, 2,
+        "refused: the CONNECT is judged against today's workload"
+    );
+}
