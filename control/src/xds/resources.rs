@@ -3,7 +3,7 @@
 //! a hash of the encoded resource — equal content, equal version, across restarts too, so a
 //! reconnecting ztunnel that announces its versions is sent only what really changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -29,6 +29,16 @@ pub struct PublishedResources {
     /// Increases with every publish; for logs.
     pub generation: u64,
     pub by_type: BTreeMap<&'static str, BTreeMap<String, Published>>,
+    /// What differs from the publish before, when known: streams that were up to date with
+    /// it look only at these names, so a push costs the change, not the cluster, per stream.
+    pub changes: Option<Changes>,
+}
+
+/// The names, per type URL, whose resource was added, changed or removed since `since`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    pub since: u64,
+    pub by_type: BTreeMap<&'static str, BTreeSet<String>>,
 }
 
 /// The type URLs served: the two ztunnels subscribe to, in the order they subscribe, then
@@ -145,9 +155,30 @@ impl PublishedResources {
         by_type.insert(ADDRESS_TYPE_URL, addresses);
         by_type.insert(AUTHORIZATION_TYPE_URL, policies);
         by_type.insert(WAYPOINT_TYPE_URL, waypoints);
+        let changes = previous.map(|(_, before)| Changes {
+            since: before.generation,
+            by_type: by_type
+                .iter()
+                .map(|(type_url, now)| {
+                    let empty = BTreeMap::new();
+                    let then = before.of(type_url).unwrap_or(&empty);
+                    let changed = now
+                        .iter()
+                        .filter(|(name, p)| {
+                            then.get(*name).map(|t| &t.resource.version)
+                                != Some(&p.resource.version)
+                        })
+                        .map(|(name, _)| name.clone())
+                        .chain(then.keys().filter(|name| !now.contains_key(*name)).cloned())
+                        .collect();
+                    (*type_url, changed)
+                })
+                .collect(),
+        });
         PublishedResources {
             generation,
             by_type,
+            changes,
         }
     }
 

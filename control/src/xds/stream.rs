@@ -28,6 +28,8 @@ struct Subscription {
     keys: BTreeSet<String>,
     /// What the client holds: name → version.
     sent: BTreeMap<String, String>,
+    /// The publish `sent` fully reflects, if any.
+    synced: Option<u64>,
 }
 
 impl Subscription {
@@ -95,31 +97,48 @@ impl XdsStream {
     fn diff(&mut self, type_url: &str, always: bool) -> Option<DeltaDiscoveryResponse> {
         let empty = BTreeMap::new();
         let current = self.resources.of(type_url).unwrap_or(&empty);
+        let generation = self.resources.generation;
+        // Only the names that changed, when this subscription was up to date with the publish
+        // the changes are relative to; otherwise everything.
+        let changed = self.resources.changes.as_ref().and_then(|c| {
+            let sub = self.subscriptions.get(type_url)?;
+            (sub.synced == Some(c.since)).then(|| c.by_type.get(type_url))
+        });
         let sub = self.subscriptions.get_mut(type_url)?;
         let mut resources = Vec::new();
         let mut removed = Vec::new();
-        for (name, published) in current {
-            if sub.wants(name, published) && sub.sent.get(name) != Some(&published.resource.version)
-            {
-                sub.sent
-                    .insert(name.clone(), published.resource.version.clone());
-                resources.push(published.resource.clone());
+        let mut consider = |name: &String, sub: &mut Subscription| match current
+            .get(name)
+            .filter(|p| sub.wants(name, p))
+        {
+            Some(published) => {
+                if sub.sent.get(name) != Some(&published.resource.version) {
+                    sub.sent
+                        .insert(name.clone(), published.resource.version.clone());
+                    resources.push(published.resource.clone());
+                }
+            }
+            None => {
+                if sub.sent.remove(name).is_some() {
+                    removed.push(name.clone());
+                }
+            }
+        };
+        match changed {
+            Some(names) => {
+                for name in names.into_iter().flatten() {
+                    consider(name, sub);
+                }
+            }
+            None => {
+                let names: BTreeSet<&String> = current.keys().chain(sub.sent.keys()).collect();
+                let names: Vec<String> = names.into_iter().cloned().collect();
+                for name in &names {
+                    consider(name, sub);
+                }
             }
         }
-        let gone: Vec<String> = sub
-            .sent
-            .keys()
-            .filter(|name| {
-                current
-                    .get(*name)
-                    .is_none_or(|published| !sub.wants(name, published))
-            })
-            .cloned()
-            .collect();
-        for name in gone {
-            sub.sent.remove(&name);
-            removed.push(name);
-        }
+        sub.synced = Some(generation);
         // On-demand keys nothing answers: say so, once.
         let unanswered: Vec<String> = sub
             .keys
@@ -187,6 +206,8 @@ impl XdsStream {
                 sub.keys.insert(name);
             }
         }
+        // What the client wants changed: compare everything on the next diff.
+        sub.synced = None;
         for name in &request.resource_names_unsubscribe {
             if name == "*" {
                 sub.wildcard = false;

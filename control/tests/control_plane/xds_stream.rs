@@ -253,3 +253,51 @@ fn waypoint_configs_go_to_waypoints_only() {
     let names: Vec<_> = update.resources.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["shop/waypoint"]);
 }
+
+#[test]
+fn incremental_pushes_match_full_diffs_and_a_stream_that_missed_one_catches_up() {
+    let net = [10, 2, 2];
+    let first = snapshot(net, &allow_only("cluster.local/ns/shop/sa/web"));
+    let second = snapshot(net, &allow_only("cluster.local/ns/shop/sa/other"));
+    let third = snapshot(net, "");
+    let g1 = Arc::new(PublishedResources::encode(&first, 1));
+    let g2 = Arc::new(PublishedResources::encode_since(
+        &second,
+        2,
+        Some((&first, &g1)),
+    ));
+    let g3 = Arc::new(PublishedResources::encode_since(
+        &third,
+        3,
+        Some((&second, &g2)),
+    ));
+    assert_eq!(
+        g2.changes.as_ref().unwrap().by_type[AUTHORIZATION_TYPE_URL]
+            .iter()
+            .collect::<Vec<_>>(),
+        ["shop/echo-policy"]
+    );
+
+    let subscribed = || {
+        let mut stream = XdsStream::new(g1.clone());
+        for type_url in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL] {
+            stream.on_request(subscribe(type_url));
+        }
+        stream
+    };
+    // Up to date with every publish: each push carries exactly the change.
+    let mut steady = subscribed();
+    let pushes = steady.on_publish(g2.clone());
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].resources[0].name, "shop/echo-policy");
+    let pushes = steady.on_publish(g3.clone());
+    assert_eq!(pushes[0].removed_resources, ["shop/echo-policy"]);
+
+    // Missed generation 2: generation 3's changes are relative to 2, so it compares
+    // everything and ends with the same state (the policy it holds is removed).
+    let mut behind = subscribed();
+    let pushes = behind.on_publish(g3);
+    assert_eq!(pushes.len(), 1);
+    assert_eq!(pushes[0].removed_resources, ["shop/echo-policy"]);
+    assert!(pushes[0].resources.is_empty());
+}
