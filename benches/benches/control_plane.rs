@@ -26,7 +26,7 @@ use control::xds::PublishedResources;
 use dataplane::identity::LocalCa;
 use dataplane::seams::{Entropy, Seams, SimClock, SimNetwork};
 use dataplane::state::StateHandle;
-use dataplane::ztunnel::{AuthToken, Config, ControlPlaneClient, run_xds_client};
+use dataplane::ztunnel::{AuthToken, Config, ControlPlaneClient, XdsMetrics, run_xds_client};
 
 const TOKEN_SECRET: [u8; 32] = [9; 32];
 
@@ -269,7 +269,13 @@ fn push(ztunnels: usize) -> PushCost {
                 )?;
                 let state = StateHandle::default();
                 let ready = Arc::new(AtomicBool::new(false));
-                tokio::spawn(run_xds_client(config, client, state.clone(), ready.clone()));
+                tokio::spawn(run_xds_client(
+                    config,
+                    client,
+                    state.clone(),
+                    ready.clone(),
+                    XdsMetrics::default(),
+                ));
                 let mut counted_sync = false;
                 let mut changes = state.subscribe();
                 loop {

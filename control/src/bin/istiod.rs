@@ -4,7 +4,7 @@
 //! ```text
 //! istiod [--config-dir PATH]... [--kube] [--state-dir DIR] [--listen IP] [--port N] [--tls-port N]
 //!        [--trust-domain TD] [--cluster-id ID] [--service-cidr CIDR] [--debounce DURATION]
-//!        [--write-root-cert FILE]
+//!        [--serving-name NAME]... [--write-root-cert FILE]
 //! istiod --config-dir PATH... --check
 //! istiod --state-dir DIR --issue-token NODE [--identity spiffe://…] [--token-ttl DURATION]
 //! ```
@@ -25,7 +25,7 @@ use dataplane::ztunnel::parse_duration;
 
 const USAGE: &str = "usage: istiod [--config-dir PATH]... [--kube] [--state-dir DIR] [--listen IP] \
 [--port N] [--tls-port N] [--trust-domain TD] [--cluster-id ID] [--service-cidr CIDR] \
-[--debounce DURATION] [--write-root-cert FILE] [--check]\n       \
+[--debounce DURATION] [--serving-name NAME]... [--write-root-cert FILE] [--check]\n       \
 istiod --state-dir DIR --issue-token NODE [--identity SPIFFE-ID] [--token-ttl DURATION]";
 
 #[derive(Default)]
@@ -73,6 +73,7 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
             "--trust-domain" => args.istiod.mesh.trust_domain = value()?,
             "--cluster-id" => args.istiod.mesh.cluster_id = value()?,
             "--service-cidr" => args.service_cidr = Some(value()?),
+            "--serving-name" => args.istiod.serving_names.push(value()?),
             "--debounce" => args.istiod.debounce = duration(value()?)?,
             "--secret-ttl" => args.istiod.certificate_ttl = duration(value()?)?,
             "--help" | "-h" => {

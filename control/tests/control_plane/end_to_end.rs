@@ -30,6 +30,15 @@ async fn ztunnels_fed_by_istiod_carry_traffic_and_follow_policy() {
         "ztunnels never became ready"
     );
     assert_eq!(a.state().read(|s| s.workloads().count()), 0);
+    let metrics = a.metrics().encode();
+    for url in ["istio.workload.Address", "istio.security.Authorization"] {
+        assert!(
+            metrics.contains(&format!(
+                "istio_xds_message_total{{url=\"type.googleapis.com/{url}\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
 
     istiod.publish(snapshot(net, &allow_only("cluster.local/ns/shop/sa/web")));
     assert!(

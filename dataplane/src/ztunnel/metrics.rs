@@ -125,9 +125,31 @@ struct BuildLabels {
     tag: String,
 }
 
+/// `istio_xds_message*`'s label: the type URL.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdsUrlLabels {
+    pub url: String,
+}
+
+/// `istio_xds_connection_terminations`' label: why a stream to istiod ended
+/// (`ConnectionError`, `Error`, `Complete`), as upstream names them.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdsTerminationLabels {
+    pub reason: String,
+}
+
+/// The xDS client's metrics, shareable with a client running on its own.
+#[derive(Debug, Clone, Default)]
+pub struct XdsMetrics {
+    pub terminations: Family<XdsTerminationLabels, Counter>,
+    pub messages: Family<XdsUrlLabels, Counter>,
+    pub message_bytes: Family<XdsUrlLabels, Counter>,
+}
+
 /// The ztunnel's metrics.
 pub struct Metrics {
     registry: Registry,
+    pub xds: XdsMetrics,
     pub opened: Family<TrafficLabels, Counter>,
     pub closed: Family<TrafficLabels, Counter>,
     pub received_bytes: Family<TrafficLabels, Counter>,
@@ -176,8 +198,25 @@ impl Default for Metrics {
             })
             .set(1);
         registry.register("build", "Istio component build info", build);
+        let xds = XdsMetrics::default();
+        registry.register(
+            "xds_connection_terminations",
+            "The total number of completed connections to xds server (unstable)",
+            xds.terminations.clone(),
+        );
+        registry.register(
+            "xds_message",
+            "Total number of messages received (unstable)",
+            xds.messages.clone(),
+        );
+        registry.register(
+            "xds_message_bytes",
+            "Total number of bytes received (unstable)",
+            xds.message_bytes.clone(),
+        );
         Metrics {
             registry,
+            xds,
             opened,
             closed,
             received_bytes,

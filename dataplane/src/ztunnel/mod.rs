@@ -40,7 +40,7 @@ pub use connections::ConnectionTracker;
 pub use control_plane::{
     AuthToken, CaClient, ControlPlaneClient, ControlPlaneError, Target, run_xds_client,
 };
-pub use metrics::Metrics;
+pub use metrics::{Metrics, XdsMetrics};
 
 /// How often idle pooled connections are looked for.
 const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -294,6 +294,7 @@ pub async fn run(
             client,
             inner.state.clone(),
             inner.xds_synced.clone(),
+            inner.metrics.xds.clone(),
         )));
     }
 

@@ -19,6 +19,7 @@ use crate::xds::proto::envoy::service::discovery::v3::aggregated_discovery_servi
 use crate::xds::proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Node};
 use crate::xds::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, ResourceVersions, apply_response};
 use crate::ztunnel::Config;
+use crate::ztunnel::metrics::{XdsMetrics, XdsTerminationLabels, XdsUrlLabels};
 
 /// Largest response accepted, as upstream.
 const MAX_MESSAGE: usize = 200 * 1024 * 1024;
@@ -61,6 +62,7 @@ async fn session(
     state: &StateHandle,
     synced: &AtomicBool,
     versions: &mut ResourceVersions,
+    metrics: &XdsMetrics,
 ) -> Ended {
     let mut progressed = false;
     let result = async {
@@ -84,6 +86,14 @@ async fn session(
         let mut answered = BTreeSet::new();
         while let Some(response) = responses.message().await? {
             progressed = true;
+            let labels = XdsUrlLabels {
+                url: response.type_url.clone(),
+            };
+            metrics.messages.get_or_create(&labels).inc();
+            metrics
+                .message_bytes
+                .get_or_create(&labels)
+                .inc_by(prost::Message::encoded_len(&response) as u64);
             let reply = apply_response(state, versions, &response);
             answered.insert(response.type_url.clone());
             if tx.send(reply).await.is_err() {
@@ -113,11 +123,23 @@ pub async fn run_xds_client(
     client: ControlPlaneClient,
     state: StateHandle,
     synced: Arc<AtomicBool>,
+    metrics: XdsMetrics,
 ) {
     let mut versions = ResourceVersions::default();
     let mut backoff = INITIAL_BACKOFF;
     loop {
-        let ended = session(&config, &client, &state, &synced, &mut versions).await;
+        let ended = session(&config, &client, &state, &synced, &mut versions, &metrics).await;
+        let reason = match &ended.error {
+            None => "Complete",
+            Some(ControlPlaneError::Connect(_)) => "ConnectionError",
+            Some(_) => "Error",
+        };
+        metrics
+            .terminations
+            .get_or_create(&XdsTerminationLabels {
+                reason: reason.into(),
+            })
+            .inc();
         if ended.progressed {
             backoff = INITIAL_BACKOFF;
         }
