@@ -5,35 +5,37 @@
 //! explanation next to the events the scenario recorded, and makes the replay hash cover the
 //! proxies' decisions too. Which host logged a line comes from the `node` span turmoil enters
 //! around every host's tick.
+//!
+//! turmoil opens that span for every host on every step (tens of thousands of times a
+//! simulated minute on a large cluster), so a normal run records through a subscriber of its
+//! own that keeps no span data at all: hosts never nest, so the host running now is one slot
+//! set when its span opens and cleared when it is left. Only `SIM_LOG` brings in
+//! `tracing-subscriber`'s registry, for its formatter.
 
 use std::fmt::{self, Write as _};
+use std::sync::{Mutex, PoisonError};
 
 use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id};
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, filter_fn};
 use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
 
 use crate::trace::Trace;
-
-/// The turmoil host a span runs on, kept in the span's extensions.
-struct HostName(String);
 
 /// Collects an event's message and fields as text.
 #[derive(Default)]
 struct Text {
     message: String,
     fields: String,
-    name: Option<String>,
 }
 
 impl Visit for Text {
     fn record_str(&mut self, field: &Field, value: &str) {
         match field.name() {
             "message" => self.message.push_str(value),
-            "name" => self.name = Some(value.to_string()),
             name => {
                 let _ = write!(self.fields, " {name}={value:?}");
             }
@@ -45,7 +47,6 @@ impl Visit for Text {
             "message" => {
                 let _ = write!(self.message, "{value:?}");
             }
-            "name" => self.name = Some(format!("{value:?}")),
             name => {
                 let _ = write!(self.fields, " {name}={value:?}");
             }
@@ -53,9 +54,21 @@ impl Visit for Text {
     }
 }
 
-/// A layer that appends dataplane log events to a [`Trace`].
-struct TraceLayer {
-    trace: Trace,
+/// Writes the `name` field of turmoil's host span into a reused buffer.
+struct HostNameVisitor<'a>(&'a mut String);
+
+impl Visit for HostNameVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "name" {
+            self.0.push_str(value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "name" {
+            let _ = write!(self.0, "{value:?}");
+        }
+    }
 }
 
 fn is_host_span(meta: &Metadata<'_>) -> bool {
@@ -72,30 +85,47 @@ fn is_recorded_event(meta: &Metadata<'_>) -> bool {
             || meta.target() == "access")
 }
 
-impl<S> Layer<S> for TraceLayer
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        if !is_host_span(attrs.metadata()) {
-            return;
-        }
-        let mut text = Text::default();
-        attrs.record(&mut text);
-        if let (Some(name), Some(span)) = (text.name, ctx.span(id)) {
-            span.extensions_mut().insert(HostName(name));
+fn is_recorded(meta: &Metadata<'_>) -> bool {
+    is_host_span(meta) || is_recorded_event(meta)
+}
+
+/// Appends recorded events to a [`Trace`], each with the host whose tick logged it.
+struct Recorder {
+    trace: Trace,
+    /// The host whose span is open, empty between hosts.
+    host: Mutex<String>,
+}
+
+impl Recorder {
+    fn new(trace: &Trace) -> Self {
+        Recorder {
+            trace: trace.clone(),
+            host: Mutex::new(String::new()),
         }
     }
 
-    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let host = ctx
-            .event_scope(event)
-            .and_then(|scope| {
-                scope
-                    .from_root()
-                    .find_map(|span| span.extensions().get::<HostName>().map(|h| h.0.clone()))
-            })
-            .unwrap_or_else(|| "-".to_string());
+    fn host_span_opened(&self, attrs: &Attributes<'_>) {
+        let mut host = self.host.lock().unwrap_or_else(PoisonError::into_inner);
+        host.clear();
+        attrs.record(&mut HostNameVisitor(&mut host));
+    }
+
+    fn host_span_left(&self) {
+        self.host
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    fn event(&self, event: &Event<'_>) {
+        let host = {
+            let host = self.host.lock().unwrap_or_else(PoisonError::into_inner);
+            if host.is_empty() {
+                "-".to_string()
+            } else {
+                host.clone()
+            }
+        };
         let mut text = Text::default();
         event.record(&mut text);
         let meta = event.metadata();
@@ -106,22 +136,88 @@ where
     }
 }
 
+/// The subscriber of a normal run: host spans and recorded events, nothing else.
+struct TraceSubscriber(Recorder);
+
+/// Every host span gets this id: they never nest and nothing looks them up.
+const HOST_SPAN: u64 = 1;
+
+impl Subscriber for TraceSubscriber {
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        if is_recorded(meta) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn enabled(&self, meta: &Metadata<'_>) -> bool {
+        is_recorded(meta)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::INFO)
+    }
+
+    fn new_span(&self, attrs: &Attributes<'_>) -> Id {
+        if is_host_span(attrs.metadata()) {
+            self.0.host_span_opened(attrs);
+        }
+        Id::from_u64(HOST_SPAN)
+    }
+
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        self.0.event(event);
+    }
+
+    fn enter(&self, _: &Id) {}
+
+    fn exit(&self, _: &Id) {
+        self.0.host_span_left();
+    }
+}
+
+/// The same recording as a layer, beside the formatter `SIM_LOG` adds.
+struct TraceLayer(Recorder);
+
+impl<S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>> Layer<S> for TraceLayer {
+    fn on_new_span(&self, attrs: &Attributes<'_>, _: &Id, _: Context<'_, S>) {
+        if is_host_span(attrs.metadata()) {
+            self.0.host_span_opened(attrs);
+        }
+    }
+
+    fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
+        if ctx.metadata(id).is_some_and(|meta| is_host_span(meta)) {
+            self.0.host_span_left();
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        self.0.event(event);
+    }
+}
+
 /// Runs `f` with dataplane logs going into `trace` (on this thread only, so parallel runs do
 /// not mix). When `SIM_LOG` is set (an `EnvFilter` directive such as `debug`), every log line
 /// is also printed to stderr, without wall-clock timestamps, for debugging a scenario.
 pub(crate) fn with_trace_logs<R>(trace: &Trace, f: impl FnOnce() -> R) -> R {
-    let layer = TraceLayer {
-        trace: trace.clone(),
+    let recorder = Recorder::new(trace);
+    match std::env::var("SIM_LOG") {
+        Err(_) => tracing::subscriber::with_default(TraceSubscriber(recorder), f),
+        Ok(directive) => {
+            let debug = tracing_subscriber::fmt::layer()
+                .without_time()
+                .with_writer(std::io::stderr)
+                .with_filter(EnvFilter::new(directive));
+            let subscriber = tracing_subscriber::registry()
+                .with(TraceLayer(recorder).with_filter(filter_fn(is_recorded)))
+                .with(debug);
+            tracing::subscriber::with_default(subscriber, f)
+        }
     }
-    .with_filter(filter_fn(|meta| {
-        is_host_span(meta) || is_recorded_event(meta)
-    }));
-    let debug = std::env::var("SIM_LOG").ok().map(|directive| {
-        tracing_subscriber::fmt::layer()
-            .without_time()
-            .with_writer(std::io::stderr)
-            .with_filter(EnvFilter::new(directive))
-    });
-    let subscriber = tracing_subscriber::registry().with(layer).with(debug);
-    tracing::subscriber::with_default(subscriber, f)
 }
