@@ -46,8 +46,9 @@ pub(crate) async fn listen(shared: Rc<Shared>, node: String, port: u16) -> anyho
             let shared = shared.clone();
             let node = node.clone();
             tokio::task::spawn_local(async move {
+                let _task = shared.tasks.pod_task(&node);
                 if let Ok(accepted) = incoming.await {
-                    serve(shared, node, port, accepted).await;
+                    serve(shared.clone(), node.clone(), port, accepted).await;
                 }
             });
         }

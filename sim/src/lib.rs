@@ -12,6 +12,7 @@ pub mod apps;
 pub mod html;
 mod logs;
 pub mod scenario;
+mod tasks;
 pub mod trace;
 pub mod wire;
 pub mod world;

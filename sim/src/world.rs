@@ -35,6 +35,7 @@ use crate::apps::{self, AppKind, Conn, Job};
 use crate::scenario::{
     Action, Capture, ConnectionMode, Expected, ISTIOD, Outcome, Scenario, ScenarioError, Target,
 };
+use crate::tasks::TaskLedger;
 use crate::trace::{Event, Trace, fnv1a64};
 use crate::wire::{WireReport, WireTap};
 
@@ -158,6 +159,7 @@ pub(crate) struct Shared {
     finished: RefCell<Vec<Finished>>,
     received: RefCell<Vec<Received>>,
     app_connections: RefCell<BTreeMap<String, i64>>,
+    pub(crate) tasks: Rc<TaskLedger>,
     panics: Rc<RefCell<Vec<String>>>,
 }
 
@@ -609,6 +611,7 @@ fn run_traced(scenario: &Scenario, seed: u64, trace: Trace) -> RunOutput {
         finished: RefCell::default(),
         received: RefCell::default(),
         app_connections: RefCell::default(),
+        tasks: Rc::default(),
         panics,
     });
     let mut driver = Driver {
@@ -1523,6 +1526,30 @@ impl Driver<'_> {
                 return;
             }
         }
+        let left = self.shared.tasks.pod_tasks_left();
+        if let Some((node, n)) = left.into_iter().find(|(n, _)| !self.down.contains(n)) {
+            self.violate(
+                "leaks",
+                format!("{n} simulator tasks for {node}'s pods still running at the end"),
+            );
+            return;
+        }
+        let grown = self.shared.tasks.grown();
+        if let Some((node, baseline, latest)) =
+            grown.into_iter().find(|(n, ..)| !self.down.contains(n))
+        {
+            self.violate(
+                "leaks",
+                format!(
+                    "{node} ends with {} tasks alive for {} TCP connections: {} more than the {} \
+                     it needed while starting up",
+                    latest.tasks,
+                    latest.connections,
+                    latest.unexplained() - baseline,
+                    baseline
+                ),
+            );
+        }
     }
 }
 
@@ -1581,6 +1608,7 @@ async fn istiod_main(shared: Rc<Shared>) -> anyhow::Result<()> {
 
 /// A node: its pods' applications, its ztunnel fed by istiod, and its pods' clients.
 async fn node_main(node: String, index: usize, shared: Rc<Shared>) -> anyhow::Result<()> {
+    shared.tasks.node_started(&node);
     for &port in &shared.app_ports {
         apps::listen(shared.clone(), node.clone(), port)
             .await
@@ -1617,11 +1645,14 @@ async fn node_main(node: String, index: usize, shared: Rc<Shared>) -> anyhow::Re
         clock,
     )?;
     let ca = Arc::new(CaClient::new(client, config.certificate_ttl));
-    let ztunnel = ztunnel::run(config, seams, StateHandle::default(), ca).await?;
+    let ztunnel = Rc::new(ztunnel::run(config, seams, StateHandle::default(), ca).await?);
     shared
         .ztunnels
         .borrow_mut()
-        .insert(node.clone(), Rc::new(ztunnel));
+        .insert(node.clone(), ztunnel.clone());
+    let ledger = shared.tasks.clone();
+    let sampled = node.clone();
+    tokio::task::spawn_local(async move { ledger.sample(sampled, || ztunnel.is_ready()).await });
     clients(node, shared).await;
     Ok(())
 }
@@ -1643,13 +1674,23 @@ async fn clients(node: String, shared: Rc<Shared>) {
                 let key = (job.traffic, job.source);
                 let sender = workers.entry(key).or_insert_with(|| {
                     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                    tokio::task::spawn_local(persistent_worker(shared.clone(), node.clone(), rx));
+                    let task = shared.tasks.pod_task(&node);
+                    let worker = persistent_worker(shared.clone(), node.clone(), rx);
+                    tokio::task::spawn_local(async move {
+                        worker.await;
+                        drop(task);
+                    });
                     tx
                 });
                 let _ = sender.send(Some(job));
             }
             Inboxed::Request(job) => {
-                tokio::task::spawn_local(one_request(shared.clone(), node.clone(), job));
+                let task = shared.tasks.pod_task(&node);
+                let request = one_request(shared.clone(), node.clone(), job);
+                tokio::task::spawn_local(async move {
+                    request.await;
+                    drop(task);
+                });
             }
             Inboxed::Close(traffic) => {
                 let keys: Vec<_> = workers.keys().filter(|k| k.0 == traffic).copied().collect();
