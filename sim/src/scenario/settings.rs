@@ -1,0 +1,86 @@
+//! The run's knobs: simulation settings (tick, latency, certificate lifetime, limits) and
+//! which invariants are checked.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Dur;
+
+/// Simulation settings; all optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Settings {
+    /// turmoil's tick: the resolution of simulated time.
+    pub tick: Dur,
+    /// Every message's latency is drawn (from the seed) between these.
+    pub min_latency: Dur,
+    pub max_latency: Dur,
+    /// Lifetime of workload certificates (istiod's default and what ztunnels ask for).
+    pub certificate_ttl: Dur,
+    /// istiod's debounce of store changes.
+    pub debounce: Dur,
+    /// How long the world keeps running after the last traffic and timeline step, before the
+    /// end-of-run checks (leaks).
+    pub settle: Dur,
+    /// The run is stopped (and fails) if it has not ended by then.
+    pub max_duration: Dur,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            tick: Dur(Duration::from_millis(1)),
+            min_latency: Dur(Duration::from_millis(1)),
+            max_latency: Dur(Duration::from_millis(10)),
+            certificate_ttl: Dur(Duration::from_secs(24 * 3600)),
+            debounce: Dur(Duration::from_millis(100)),
+            settle: Dur(Duration::from_secs(3)),
+            max_duration: Dur(Duration::from_secs(3600)),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn five_seconds() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+/// The invariants checked while the scenario runs; all on by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Invariants {
+    /// No recognisable application payload between nodes for traffic that must be encrypted.
+    #[serde(default = "yes")]
+    pub plaintext: bool,
+    /// No denied request reaches an application; none that must pass is denied.
+    #[serde(default = "yes")]
+    pub policy: bool,
+    /// After a change, every ztunnel holds what istiod publishes, and requests see the new
+    /// expected outcome, within this bound.
+    #[serde(default = "five_seconds")]
+    pub convergence: Dur,
+    /// Nothing panics.
+    #[serde(default = "yes")]
+    pub panic: bool,
+    /// At the end, no connection is still open in an application or a ztunnel.
+    #[serde(default = "yes")]
+    pub leaks: bool,
+}
+
+impl Default for Invariants {
+    fn default() -> Self {
+        Invariants {
+            plaintext: true,
+            policy: true,
+            convergence: five_seconds(),
+            panic: true,
+            leaks: true,
+        }
+    }
+}
+
+/// The invariants by name, as violations report them.
+pub const INVARIANTS: [&str; 5] = ["plaintext", "policy", "convergence", "panic", "leaks"];
