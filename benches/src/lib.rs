@@ -275,22 +275,24 @@ impl Dialer {
     }
 }
 
-/// A SOCKS5 no-auth CONNECT to an IPv4 `target`, the way ordinary clients do it (greeting,
-/// wait for the method, request, wait for the reply).
+/// A SOCKS5 no-auth CONNECT to an IPv4 `target`, greeting and request in one write (as
+/// optimistic clients send them: the only method offered is the one the ztunnel takes), then
+/// the method and the reply. Waiting for the method before sending the request would add a
+/// round trip through the ztunnel that captured traffic, which upstream's figures measure,
+/// does not have: a captured application sends its bytes as soon as `connect` returns.
 pub async fn socks5_handshake(s: &mut TcpStream, target: SocketAddr) -> io::Result<()> {
-    s.write_all(&[5, 1, 0]).await?;
-    let mut method = [0u8; 2];
-    s.read_exact(&mut method).await?;
-    if method != [5, 0] {
-        return Err(io::Error::other(format!("SOCKS5 method reply {method:?}")));
-    }
     let IpAddr::V4(v4) = target.ip() else {
         return Err(io::Error::other("IPv4 targets only"));
     };
     let o = v4.octets();
     let p = target.port().to_be_bytes();
-    s.write_all(&[5, 1, 0, 1, o[0], o[1], o[2], o[3], p[0], p[1]])
+    s.write_all(&[5, 1, 0, 5, 1, 0, 1, o[0], o[1], o[2], o[3], p[0], p[1]])
         .await?;
+    let mut method = [0u8; 2];
+    s.read_exact(&mut method).await?;
+    if method != [5, 0] {
+        return Err(io::Error::other(format!("SOCKS5 method reply {method:?}")));
+    }
     let mut reply = [0u8; 10];
     s.read_exact(&mut reply).await?;
     if reply[1] != 0 {
