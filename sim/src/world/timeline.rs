@@ -87,29 +87,12 @@ impl Driver<'_> {
                 self.changed("repair");
             }
             Action::Crash(h) => {
-                if h == ISTIOD {
-                    self.shared.istiod.borrow_mut().take();
-                } else {
-                    self.fingerprints.remove(h);
-                    self.shared.ztunnels.borrow_mut().remove(h);
-                    self.shared.app_connections.borrow_mut().remove(h);
-                    // Requests its clients had in flight die with them.
-                    self.outstanding.retain(|_, (_, node)| node != h);
-                    self.shared.inboxes[h].jobs.borrow_mut().clear();
-                }
+                self.forget_host(h);
                 self.sim.crash(self.ip(h));
                 self.down.insert(h.clone());
             }
             Action::Restart(h) => {
-                if h == ISTIOD {
-                    self.shared.istiod.borrow_mut().take();
-                } else {
-                    self.fingerprints.remove(h);
-                    self.shared.ztunnels.borrow_mut().remove(h);
-                    self.shared.app_connections.borrow_mut().remove(h);
-                    self.outstanding.retain(|_, (_, node)| node != h);
-                    self.shared.inboxes[h].jobs.borrow_mut().clear();
-                }
+                self.forget_host(h);
                 self.sim.bounce(self.ip(h));
                 self.down.remove(h);
                 self.changed("restart");
@@ -134,6 +117,20 @@ impl Driver<'_> {
     }
 
     /// Configuration changed: every ztunnel must hold the new translation within the bound.
+    /// What the driver knows of a host that crashes or restarts: istiod's handle, or a node's
+    /// ztunnel, connections, and the requests its clients had in flight (they die with it).
+    fn forget_host(&mut self, h: &str) {
+        if h == ISTIOD {
+            self.shared.istiod.borrow_mut().take();
+        } else {
+            self.fingerprints.remove(h);
+            self.shared.ztunnels.borrow_mut().remove(h);
+            self.shared.app_connections.borrow_mut().remove(h);
+            self.outstanding.retain(|_, (_, node)| node != h);
+            self.shared.inboxes[h].jobs.borrow_mut().clear();
+        }
+    }
+
     fn changed(&mut self, what: &str) {
         if what == "apply" || what == "delete" {
             self.store_changes.push(self.now());
