@@ -39,7 +39,8 @@ struct Sizes {
     /// Summary throughput: bytes for the single stream, and per stream with 8 streams.
     tp1_bytes: u64,
     tp8_bytes_per_stream: u64,
-    /// Summary throughput repetitions per path (the median is reported).
+    /// Summary throughput repetitions per path (medians are reported; the ratio is the median
+    /// of the ratios of back-to-back plain/HBONE pairs).
     tp_reps: usize,
     /// Summary latency: round trips per path, and per interleaved block.
     rtts: usize,
@@ -84,9 +85,9 @@ impl Sizes {
         } else {
             Sizes {
                 quick,
-                tp1_bytes: 256 * MIB,
-                tp8_bytes_per_stream: 64 * MIB,
-                tp_reps: 5,
+                tp1_bytes: 128 * MIB,
+                tp8_bytes_per_stream: 32 * MIB,
+                tp_reps: 11,
                 rtts: 20_000,
                 rtt_block: 1_000,
                 conns: 4_000,
@@ -309,10 +310,20 @@ struct PathResult {
     allocs_per_conn: f64,
 }
 
+/// HBONE against plain, each the median over back-to-back pairs (a throughput repetition, a
+/// block of connections), so that the machine's drift — it is shared — cancels out of each pair.
+#[derive(Debug, Default, Clone, Copy)]
+struct Ratios {
+    tp1: f64,
+    tp8: f64,
+    conns: f64,
+}
+
 /// The summary passes: each metric alternates plain and HBONE so that drift (the machine is
 /// shared) hits both alike.
-fn summary_passes(env: &Env, sizes: &Sizes) -> [PathResult; 2] {
+fn summary_passes(env: &Env, sizes: &Sizes) -> ([PathResult; 2], Ratios) {
     let mut out = [PathResult::default(); 2];
+    let mut ratios = Ratios::default();
 
     // Throughput.
     for (streams, per_stream) in [(1usize, sizes.tp1_bytes), (8, sizes.tp8_bytes_per_stream)] {
@@ -326,6 +337,16 @@ fn summary_passes(env: &Env, sizes: &Sizes) -> [PathResult; 2] {
                 let t = env.transfer(path, streams, per_stream);
                 rates[i].push((per_stream * streams as u64) as f64 / t.as_secs_f64());
             }
+        }
+        let pairs: Vec<f64> = rates[1]
+            .iter()
+            .zip(&rates[0])
+            .map(|(hbone, plain)| hbone / plain)
+            .collect();
+        if streams == 1 {
+            ratios.tp1 = median_f64(pairs);
+        } else {
+            ratios.tp8 = median_f64(pairs);
         }
         for (i, r) in rates.into_iter().enumerate() {
             let range = (
@@ -377,12 +398,19 @@ fn summary_passes(env: &Env, sizes: &Sizes) -> [PathResult; 2] {
     for path in PATHS {
         env.conns(path, sizes.conn_block.min(100), Vec::new());
     }
+    let mut pairs = Vec::new();
     for _ in 0..sizes.conns.div_ceil(sizes.conn_block) {
+        let mut block_ns = [0u64; 2];
         for (i, path) in PATHS.into_iter().enumerate() {
             let v = std::mem::take(&mut samples[i]);
+            let before = v.len();
             samples[i] = env.conns(path, sizes.conn_block, v);
+            block_ns[i] = samples[i][before..].iter().sum();
         }
+        // Same number of connections in both blocks: the rate ratio is the time ratio.
+        pairs.push(block_ns[0] as f64 / block_ns[1] as f64);
     }
+    ratios.conns = median_f64(pairs);
     for (i, mut v) in samples.into_iter().enumerate() {
         out[i].conns_per_s = v.len() as f64 / (v.iter().sum::<u64>() as f64 / 1e9);
         v.sort_unstable();
@@ -413,28 +441,35 @@ fn summary_passes(env: &Env, sizes: &Sizes) -> [PathResult; 2] {
         let (a, _) = CountingAlloc::stop();
         out[i].allocs_per_conn = a as f64 / sizes.alloc_conns as f64;
     }
-    out
+    (out, ratios)
 }
 
 const TARGET_TP1_RATIO: f64 = 0.35;
 const TARGET_ADDED_P50_US: f64 = 100.0;
 const TARGET_CONN_RATIO: f64 = 0.30;
 
-fn report(sizes: &Sizes, r: &[PathResult; 2]) {
+fn report(sizes: &Sizes, keep_freed: bool, r: &[PathResult; 2], ratios: Ratios) {
     let (p, h) = (&r[0], &r[1]);
     let mibs = |b: f64| b / MIB as f64;
     let us = |ns: u64| ns as f64 / 1e3;
-    let tp1_ratio = h.tp1_bytes_per_s / p.tp1_bytes_per_s;
-    let tp8_ratio = h.tp8_bytes_per_s / p.tp8_bytes_per_s;
+    let Ratios {
+        tp1: tp1_ratio,
+        tp8: tp8_ratio,
+        conns: conn_ratio,
+    } = ratios;
     let added_p50 = us(h.rtt_p50_ns) - us(p.rtt_p50_ns);
     let added_p99 = us(h.rtt_p99_ns) - us(p.rtt_p99_ns);
     let p99_ratio = h.rtt_p99_ns as f64 / p.rtt_p99_ns as f64;
-    let conn_ratio = h.conns_per_s / p.conns_per_s;
     let yes = |ok: bool| if ok { "yes" } else { "NO" };
 
     println!();
     println!(
-        "HBONE (SOCKS5 -> node-a -> HTTP/2 CONNECT over mTLS -> node-b -> server) vs plain TCP, loopback, 2 tokio workers{}",
+        "HBONE (SOCKS5 -> node-a -> HTTP/2 CONNECT over mTLS -> node-b -> server) vs plain TCP, loopback, 2 tokio workers, {}{}",
+        if keep_freed {
+            "allocator keeps freed buffers"
+        } else {
+            "allocator defaults"
+        },
         if sizes.quick { " [QUICK]" } else { "" }
     );
     println!(
@@ -509,12 +544,13 @@ fn report(sizes: &Sizes, r: &[PathResult; 2]) {
         "",
     );
     println!(
-        "(throughput: median of {} run(s), {} MiB on 1 stream / 8 x {} MiB; latency: {} round trips per path; connections: {} per path; allocations: whole process, marginal between {} and {} MiB transfers)",
+        "(throughput: median of {} run(s), {} MiB on 1 stream / 8 x {} MiB, ratio = median of back-to-back pairs; latency: {} round trips per path; connections: {} per path, ratio = median over blocks of {}; allocations: whole process, marginal between {} and {} MiB transfers)",
         sizes.tp_reps,
         sizes.tp1_bytes / MIB,
         sizes.tp8_bytes_per_stream / MIB,
         sizes.rtts,
         sizes.conns,
+        sizes.conn_block,
         sizes.alloc_small / MIB,
         sizes.alloc_large / MIB,
     );
@@ -538,6 +574,7 @@ fn report(sizes: &Sizes, r: &[PathResult; 2]) {
     };
     let json = serde_json::json!({
         "quick": sizes.quick,
+        "allocator_keeps_freed_buffers": keep_freed,
         "sizes": {
             "throughput_1_stream_bytes": sizes.tp1_bytes,
             "throughput_8_streams_bytes_per_stream": sizes.tp8_bytes_per_stream,
@@ -584,6 +621,13 @@ fn report(sizes: &Sizes, r: &[PathResult; 2]) {
 }
 
 fn main() {
+    // As the ztunnel binary does first thing; `BENCH_ALLOCATOR=default` leaves glibc's
+    // defaults, to measure what the setting buys.
+    let keep_freed = if std::env::var("BENCH_ALLOCATOR").is_ok_and(|v| v == "default") {
+        false
+    } else {
+        dataplane::memory::keep_freed_buffers()
+    };
     // Only look for flags here; criterion parses (and validates) the command line itself.
     let args: Vec<String> = std::env::args().skip(1).collect();
     let has = |flag: &str| args.iter().any(|a| a == flag);
@@ -606,8 +650,8 @@ fn main() {
 
     if let Some(env) = env {
         if !profiling {
-            let results = summary_passes(&env, &sizes);
-            report(&sizes, &results);
+            let (results, ratios) = summary_passes(&env, &sizes);
+            report(&sizes, keep_freed, &results, ratios);
         }
         let Env { rt, testbed, .. } = env;
         rt.block_on(testbed.shutdown());

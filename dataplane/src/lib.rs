@@ -7,6 +7,7 @@ pub mod hbone;
 pub mod identity;
 pub mod localconfig;
 pub mod logging;
+pub mod memory;
 pub mod policy;
 pub mod seams;
 pub mod state;

@@ -94,6 +94,7 @@ fn rand_seed() -> u64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    dataplane::memory::keep_freed_buffers();
     dataplane::logging::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
