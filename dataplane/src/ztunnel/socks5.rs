@@ -1,16 +1,20 @@
 //! SOCKS5 (15080): inject traffic without capture. No-auth, CONNECT only; IPv4, IPv6 and
 //! domain names (resolved against known service hostnames). The reply is sent only once the
-//! upstream is established, so a client sees real failures.
+//! upstream is established, so a client sees real failures. A pipelined handshake (greeting,
+//! request and even payload in one write) costs one read and one reply write.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::Inner;
 use super::outbound::{self, ESTABLISH_TIMEOUT, OutboundError};
 use super::route::RouteError;
-use crate::seams::Accepted;
+use crate::seams::{Accepted, BoxStream};
 
 const VERSION: u8 = 5;
 const NO_AUTH: u8 = 0;
@@ -53,66 +57,124 @@ impl Socks5Error {
     }
 }
 
-async fn reply<S: AsyncWriteExt + Unpin>(stream: &mut S, code: u8) -> std::io::Result<()> {
-    stream
-        .write_all(&[VERSION, code, 0, ATYP_V4, 0, 0, 0, 0, 0, 0])
-        .await
+/// The longest greeting and request: 2 + 255 methods, then 4 + a 1-byte length + a 255-byte
+/// name + 2.
+const MAX_HANDSHAKE: usize = 2 + 255 + 4 + 1 + 255 + 2;
+
+/// The client's side of the handshake as it arrives. A client that sends its request without
+/// waiting for the method reply (the one method we take is no-auth, so optimistic clients do)
+/// is read with one `read`, and its method reply goes out with the CONNECT reply in one write;
+/// a client that waits gets the method reply at once.
+struct Handshake {
+    received: [u8; MAX_HANDSHAKE],
+    filled: usize,
+    parsed: usize,
+    /// The method reply is still to be sent, ahead of the CONNECT reply.
+    method_reply_owed: bool,
 }
 
-async fn read_request(
-    inner: &Inner,
-    stream: &mut crate::seams::BoxStream,
-) -> Result<SocketAddr, Socks5Error> {
-    let mut head = [0u8; 2];
-    stream.read_exact(&mut head).await?;
-    if head[0] != VERSION {
-        return Err(Socks5Error::Version(head[0]));
-    }
-    let mut methods = vec![0u8; usize::from(head[1])];
-    stream.read_exact(&mut methods).await?;
-    if !methods.contains(&NO_AUTH) {
-        stream.write_all(&[VERSION, NO_ACCEPTABLE_METHOD]).await?;
-        return Err(Socks5Error::NoAuth);
-    }
-    stream.write_all(&[VERSION, NO_AUTH]).await?;
-    let mut request = [0u8; 4];
-    stream.read_exact(&mut request).await?;
-    if request[0] != VERSION {
-        return Err(Socks5Error::Version(request[0]));
-    }
-    if request[1] != CMD_CONNECT {
-        return Err(Socks5Error::Command(request[1]));
-    }
-    let ip = match request[3] {
-        ATYP_V4 => {
-            let mut b = [0u8; 4];
-            stream.read_exact(&mut b).await?;
-            IpAddr::V4(Ipv4Addr::from(b))
+impl Handshake {
+    fn new() -> Self {
+        Handshake {
+            received: [0; MAX_HANDSHAKE],
+            filled: 0,
+            parsed: 0,
+            method_reply_owed: false,
         }
-        ATYP_V6 => {
-            let mut b = [0u8; 16];
-            stream.read_exact(&mut b).await?;
-            IpAddr::V6(Ipv6Addr::from(b))
+    }
+
+    /// The next `n` bytes of the handshake, reading more when they have not all arrived.
+    async fn take(&mut self, stream: &mut BoxStream, n: usize) -> std::io::Result<&[u8]> {
+        while self.filled - self.parsed < n {
+            let got = stream.read(&mut self.received[self.filled..]).await?;
+            if got == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.filled += got;
         }
-        ATYP_DOMAIN => {
-            let len = stream.read_u8().await?;
-            let mut name = vec![0u8; usize::from(len)];
-            stream.read_exact(&mut name).await?;
-            let name = String::from_utf8_lossy(&name).into_owned();
-            inner
-                .state
-                .read(|state| {
-                    state
-                        .services()
-                        .find(|s| s.hostname == name)
-                        .and_then(|s| s.vips.first().map(|v| v.address))
-                })
-                .ok_or(Socks5Error::UnknownHost(name))?
+        let taken = &self.received[self.parsed..self.parsed + n];
+        self.parsed += n;
+        Ok(taken)
+    }
+
+    async fn take_array<const N: usize>(
+        &mut self,
+        stream: &mut BoxStream,
+    ) -> std::io::Result<[u8; N]> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(stream, N).await?);
+        Ok(out)
+    }
+
+    /// Payload the client sent behind its request, before any reply: it belongs upstream.
+    fn early_data(&self) -> &[u8] {
+        &self.received[self.parsed..self.filled]
+    }
+
+    /// Sends the CONNECT reply, preceded by the method reply if that is still owed.
+    async fn reply(&mut self, stream: &mut BoxStream, code: u8) -> std::io::Result<()> {
+        let reply = [VERSION, code, 0, ATYP_V4, 0, 0, 0, 0, 0, 0];
+        if std::mem::take(&mut self.method_reply_owed) {
+            let mut both = [0u8; 12];
+            both[..2].copy_from_slice(&[VERSION, NO_AUTH]);
+            both[2..].copy_from_slice(&reply);
+            stream.write_all(&both).await
+        } else {
+            stream.write_all(&reply).await
         }
-        other => return Err(Socks5Error::AddressType(other)),
-    };
-    let port = stream.read_u16().await?;
-    Ok(SocketAddr::new(ip, port))
+    }
+
+    async fn read_request(
+        &mut self,
+        inner: &Inner,
+        stream: &mut BoxStream,
+    ) -> Result<SocketAddr, Socks5Error> {
+        let [version, methods] = self.take_array(stream).await?;
+        if version != VERSION {
+            return Err(Socks5Error::Version(version));
+        }
+        if !self
+            .take(stream, usize::from(methods))
+            .await?
+            .contains(&NO_AUTH)
+        {
+            stream.write_all(&[VERSION, NO_ACCEPTABLE_METHOD]).await?;
+            return Err(Socks5Error::NoAuth);
+        }
+        if self.early_data().is_empty() {
+            stream.write_all(&[VERSION, NO_AUTH]).await?;
+        } else {
+            self.method_reply_owed = true;
+        }
+        let [version, command, _, address_type] = self.take_array(stream).await?;
+        if version != VERSION {
+            return Err(Socks5Error::Version(version));
+        }
+        if command != CMD_CONNECT {
+            return Err(Socks5Error::Command(command));
+        }
+        let ip = match address_type {
+            ATYP_V4 => IpAddr::V4(Ipv4Addr::from(self.take_array::<4>(stream).await?)),
+            ATYP_V6 => IpAddr::V6(Ipv6Addr::from(self.take_array::<16>(stream).await?)),
+            ATYP_DOMAIN => {
+                let [len] = self.take_array(stream).await?;
+                let name = String::from_utf8_lossy(self.take(stream, usize::from(len)).await?)
+                    .into_owned();
+                inner
+                    .state
+                    .read(|state| {
+                        state
+                            .services()
+                            .find(|s| s.hostname == name)
+                            .and_then(|s| s.vips.first().map(|v| v.address))
+                    })
+                    .ok_or(Socks5Error::UnknownHost(name))?
+            }
+            other => return Err(Socks5Error::AddressType(other)),
+        };
+        let port = u16::from_be_bytes(self.take_array(stream).await?);
+        Ok(SocketAddr::new(ip, port))
+    }
 }
 
 pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
@@ -120,15 +182,16 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
     let Accepted {
         mut stream, peer, ..
     } = accepted;
+    let mut handshake = Handshake::new();
     let destination = match tokio::time::timeout(
         inner.config.handshake_timeout,
-        read_request(&inner, &mut stream),
+        handshake.read_request(&inner, &mut stream),
     )
     .await
     {
         Ok(Ok(d)) => d,
         Ok(Err(err)) => {
-            let _ = reply(&mut stream, err.reply_code()).await;
+            let _ = handshake.reply(&mut stream, err.reply_code()).await;
             tracing::warn!(src.addr = %peer, error = %err, "SOCKS5 request rejected");
             return;
         }
@@ -144,8 +207,14 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
     .await;
     match established {
         Ok(Ok(established)) => {
-            if reply(&mut stream, REPLY_OK).await.is_ok() {
-                outbound::relay(&inner, stream, peer, established, started).await;
+            if handshake.reply(&mut stream, REPLY_OK).await.is_ok() {
+                let early = handshake.early_data();
+                let downstream: BoxStream = if early.is_empty() {
+                    stream
+                } else {
+                    Box::new(EarlyData::new(early.to_vec(), stream))
+                };
+                outbound::relay(&inner, downstream, peer, established, started).await;
             }
         }
         Ok(Err(err)) => {
@@ -158,12 +227,77 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
                 OutboundError::Route(RouteError::NoEndpoint { .. }) => REPLY_HOST_UNREACHABLE,
                 _ => REPLY_FAILURE,
             };
-            let _ = reply(&mut stream, code).await;
+            let _ = handshake.reply(&mut stream, code).await;
             outbound::failed(&inner, peer, destination, &err);
         }
         Err(_) => {
-            let _ = reply(&mut stream, REPLY_HOST_UNREACHABLE).await;
+            let _ = handshake.reply(&mut stream, REPLY_HOST_UNREACHABLE).await;
             tracing::warn!(src.addr = %peer, dst.addr = %destination, direction = "outbound", error = "timed out establishing the upstream", "connection failed");
         }
+    }
+}
+
+/// A client connection whose first bytes were read with the handshake: they are read again
+/// first, then the connection itself.
+struct EarlyData {
+    early: Vec<u8>,
+    taken: usize,
+    stream: BoxStream,
+}
+
+impl EarlyData {
+    fn new(early: Vec<u8>, stream: BoxStream) -> Self {
+        EarlyData {
+            early,
+            taken: 0,
+            stream,
+        }
+    }
+}
+
+impl AsyncRead for EarlyData {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.taken < this.early.len() {
+            let n = buf.remaining().min(this.early.len() - this.taken);
+            buf.put_slice(&this.early[this.taken..this.taken + n]);
+            this.taken += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for EarlyData {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

@@ -275,6 +275,41 @@ async fn socks5_resolves_service_hostnames() {
     assert_eq!((reply[2], reply[3]), (5, 4), "{reply:?}");
 }
 
+/// A client that sends greeting, request and its first payload in one write, without waiting
+/// for any reply, gets both replies in one read and its payload delivered upstream.
+#[tokio::test]
+async fn socks5_pipelined_handshake_with_early_payload() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pair = Pair::start("").await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(ip(pair.net, 2), 0)).unwrap();
+    let mut s = socket
+        .connect(pair.a.addresses().socks5.unwrap())
+        .await
+        .unwrap();
+    let std::net::IpAddr::V4(echo) = pair.echo().ip() else {
+        panic!("v4 only")
+    };
+    let mut hello = vec![5, 1, 0, 5, 1, 0, 1];
+    hello.extend_from_slice(&echo.octets());
+    hello.extend_from_slice(&pair.echo().port().to_be_bytes());
+    hello.extend_from_slice(b"sent early");
+    s.write_all(&hello).await.unwrap();
+    let mut reply = [0u8; 12];
+    s.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply[..4], [5, 0, 5, 0], "{reply:?}");
+    let mut echoed = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echoed))
+        .await
+        .expect("early payload echoed")
+        .unwrap();
+    assert_eq!(&echoed, b"sent early");
+    assert_eq!(
+        round_trip(&mut s, b"and later").await.unwrap(),
+        b"and later"
+    );
+}
+
 #[tokio::test]
 async fn a_selector_policy_added_later_applies_on_a_pooled_connection() {
     let pair = Pair::start("").await;
