@@ -240,16 +240,21 @@ async fn admin_explains_what_policy_would_decide() {
     assert_eq!(status, 400);
 }
 
+/// A TCP connection from the client pod's address to node-a's SOCKS5 port, no handshake yet.
+async fn socks5_client(pair: &Pair) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(ip(pair.net, 2), 0)).unwrap();
+    socket
+        .connect(pair.a.addresses().socks5.unwrap())
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn socks5_resolves_service_hostnames() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let pair = Pair::start("").await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(ip(pair.net, 2), 0)).unwrap();
-    let mut s = socket
-        .connect(pair.a.addresses().socks5.unwrap())
-        .await
-        .unwrap();
+    let mut s = socks5_client(&pair).await;
     let host = b"echo.shop.svc.cluster.local";
     let mut hello = vec![5, 1, 0, 5, 1, 0, 3, host.len() as u8];
     hello.extend_from_slice(host);
@@ -260,12 +265,7 @@ async fn socks5_resolves_service_hostnames() {
     assert_eq!((reply[2], reply[3]), (5, 0), "{reply:?}");
     assert_eq!(round_trip(&mut s, b"by name").await.unwrap(), b"by name");
     // an unknown name is "host unreachable"
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(ip(pair.net, 2), 0)).unwrap();
-    let mut s = socket
-        .connect(pair.a.addresses().socks5.unwrap())
-        .await
-        .unwrap();
+    let mut s = socks5_client(&pair).await;
     let mut hello = vec![5, 1, 0, 5, 1, 0, 3, 4];
     hello.extend_from_slice(b"nope");
     hello.extend_from_slice(&80u16.to_be_bytes());
@@ -281,12 +281,7 @@ async fn socks5_resolves_service_hostnames() {
 async fn socks5_pipelined_handshake_with_early_payload() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let pair = Pair::start("").await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(ip(pair.net, 2), 0)).unwrap();
-    let mut s = socket
-        .connect(pair.a.addresses().socks5.unwrap())
-        .await
-        .unwrap();
+    let mut s = socks5_client(&pair).await;
     let std::net::IpAddr::V4(echo) = pair.echo().ip() else {
         panic!("v4 only")
     };
