@@ -213,7 +213,7 @@ struct RawServiceAccount {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Conversion. Inner functions return "field: problem"; the caller prefixes the object.
+// Conversion (see the module comment for how errors are worded).
 
 impl RawConfig {
     pub(super) fn convert(self) -> Result<LocalConfig, String> {
