@@ -53,9 +53,11 @@ use crate::types::security::{
     Source,
 };
 
+mod filters;
 mod policies;
 mod routes;
 
+use filters::*;
 use policies::*;
 pub use routes::duration_ms;
 use routes::*;
