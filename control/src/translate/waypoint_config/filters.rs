@@ -144,18 +144,7 @@ pub(super) fn convert_filter(
             let Some(m) = &f.request_mirror else {
                 return missing();
             };
-            let b = &m.backend_ref;
-            let mut backend = backend(
-                ctx,
-                route_ns,
-                BackendRef {
-                    group: b.group.as_deref(),
-                    kind: b.kind.as_deref(),
-                    name: &b.name,
-                    namespace: b.namespace.as_deref(),
-                    port: b.port,
-                },
-            );
+            let mut backend = backend(ctx, route_ns, backend_ref!(m.backend_ref));
             // An unusable mirror is dropped; the primary traffic is unaffected (§8.5).
             if backend.error() != BackendError::None {
                 return None;

@@ -284,17 +284,7 @@ pub(super) fn http_action(ctx: &Context<'_>, route_ns: &str, rule: &HttpRouteRul
         .iter()
         .flatten()
         .map(|b| {
-            let mut backend = backend(
-                ctx,
-                route_ns,
-                BackendRef {
-                    group: b.group.as_deref(),
-                    kind: b.kind.as_deref(),
-                    name: &b.name,
-                    namespace: b.namespace.as_deref(),
-                    port: b.port,
-                },
-            );
+            let mut backend = backend(ctx, route_ns, backend_ref!(b));
             backend.weight = weight(b.weight);
             backend.filters = filters(ctx, route_ns, b.filters.as_deref().unwrap_or_default());
             backend
@@ -314,17 +304,7 @@ pub(super) fn grpc_action(ctx: &Context<'_>, route_ns: &str, rule: &GrpcRouteRul
         .iter()
         .flatten()
         .map(|b| {
-            let mut backend = backend(
-                ctx,
-                route_ns,
-                BackendRef {
-                    group: b.group.as_deref(),
-                    kind: b.kind.as_deref(),
-                    name: &b.name,
-                    namespace: b.namespace.as_deref(),
-                    port: b.port,
-                },
-            );
+            let mut backend = backend(ctx, route_ns, backend_ref!(b));
             backend.weight = weight(b.weight);
             backend.filters = filters(ctx, route_ns, b.filters.as_deref().unwrap_or_default());
             backend
@@ -341,6 +321,21 @@ pub(super) fn grpc_action(ctx: &Context<'_>, route_ns: &str, rule: &GrpcRouteRul
 pub(super) fn weight(weight: Option<i32>) -> u32 {
     weight.map_or(1, |w| u32::try_from(w).unwrap_or(0))
 }
+
+/// The [`BackendRef`] view of any generated backendRef struct (HTTP, gRPC or a mirror's):
+/// they are distinct types with the same fields.
+macro_rules! backend_ref {
+    ($b:expr) => {
+        BackendRef {
+            group: $b.group.as_deref(),
+            kind: $b.kind.as_deref(),
+            name: &$b.name,
+            namespace: $b.namespace.as_deref(),
+            port: $b.port,
+        }
+    };
+}
+pub(super) use backend_ref;
 
 /// A backendRef or a mirror's backendRef.
 pub(super) struct BackendRef<'a> {
