@@ -129,6 +129,30 @@ impl LocalCa {
     }
 }
 
+#[cfg(test)]
+impl LocalCa {
+    /// Issues a workload leaf whose extended key usages are `usages` (none: no EKU extension),
+    /// for the tests of the EKU rules.
+    pub(crate) fn issue_with_usages(
+        &self,
+        identity: &Identity,
+        usages: Vec<ExtendedKeyUsagePurpose>,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<WorkloadCertificate, LocalCaError> {
+        let key = KeyPair::generate()?;
+        let mut params = leaf_params(identity, ttl, now)?;
+        params.extended_key_usages = usages;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok(WorkloadCertificate::from_der(
+            vec![cert.der().clone()],
+            key,
+            vec![self.root.clone()],
+        )?)
+    }
+}
+
 /// The key and chain a server presents under DNS names and IPs rather than a SPIFFE identity
 /// (istiod's own serving certificate, `istiod.istio-system.svc`).
 pub struct ServingCertificate {

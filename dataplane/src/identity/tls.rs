@@ -269,3 +269,6 @@ pub fn server_config(
 pub fn peer_identity(state: &rustls::CommonState) -> Option<Identity> {
     state.peer_certificates()?.first().and_then(identity_of_der)
 }
+
+#[cfg(test)]
+mod tests;
