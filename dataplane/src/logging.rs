@@ -1,5 +1,9 @@
 //! Log output for the binaries, in upstream's plain format:
 //! `<RFC 3339 UTC time>\t<level>\t<target>\t<message>\t<key=value …>`.
+//!
+//! The fields of the spans an event happens in (a connection's peer, its trace id) join the
+//! event's own, so that a line logged deep inside a library still says which connection it is
+//! about.
 
 use std::fmt;
 
@@ -8,7 +12,7 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
 /// Formats events as upstream's ztunnel does.
@@ -44,7 +48,7 @@ where
 {
     fn format_event(
         &self,
-        _ctx: &FmtContext<'_, S, N>,
+        ctx: &FmtContext<'_, S, N>,
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
@@ -55,21 +59,45 @@ where
             rest: String::new(),
         };
         event.record(&mut fields);
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                if let Some(formatted) = extensions.get::<FormattedFields<N>>()
+                    && !formatted.is_empty()
+                {
+                    fields.rest.push(' ');
+                    fields.rest.push_str(formatted);
+                }
+            }
+        }
         let level = meta.level().as_str().to_ascii_lowercase();
         write!(writer, "\t{level}\t{}\t{}", meta.target(), fields.message)?;
         if !fields.rest.is_empty() {
-            write!(writer, "\t{}", fields.rest.trim_start())?;
+            // A message that already ends in its own key=value column (the access log's)
+            // takes the rest into that column rather than a new one.
+            if fields.message.contains('\t') {
+                write!(writer, "{}", fields.rest)?;
+            } else {
+                write!(writer, "\t{}", fields.rest.trim_start())?;
+            }
         }
         writeln!(writer)
     }
 }
 
-/// Installs the formatter on stderr; `RUST_LOG` filters, default `info`.
+/// What is logged when `RUST_LOG` is not set: INFO, and the HTTP/2 library's reports of a
+/// peer's protocol errors on a stream (oversized header blocks among them), which it answers
+/// by itself (431, RST_STREAM) and logs only at DEBUG.
+pub const DEFAULT_FILTER: &str = "info,h2::proto::streams::recv=debug";
+
+/// Installs the formatter on stderr; `RUST_LOG` filters, default [`DEFAULT_FILTER`].
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .event_format(UpstreamFormat)
         .try_init();
 }

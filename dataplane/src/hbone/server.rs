@@ -14,6 +14,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use rustls::ServerConfig;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 
 use super::stream::H2Stream;
 use super::{
@@ -154,6 +155,9 @@ where
     }
     let deadline = tokio::time::sleep(Duration::MAX / 4);
     tokio::pin!(deadline);
+    // What h2 logs while it reads this connection's frames (a peer's protocol error, a header
+    // block over the limit, both answered inside h2) names the peer through this span.
+    let frames = tracing::info_span!("hbone", src.addr = %peer);
 
     loop {
         tokio::select! {
@@ -174,7 +178,7 @@ where
                 connection.abrupt_shutdown(h2::Reason::NO_ERROR);
                 return Ok(());
             }
-            next = connection.accept() => {
+            next = connection.accept().instrument(frames.clone()) => {
                 let Some(next) = next else { return Ok(()) };
                 let (request, send_response) = match next {
                     Ok(pair) => pair,

@@ -186,8 +186,14 @@ async fn oversized_headers_are_refused() {
     request
         .headers_mut()
         .insert("x-padding", http::HeaderValue::from_str(&big).unwrap());
-    // h2 enforces the advertised SETTINGS_MAX_HEADER_LIST_SIZE (64 KiB) itself with a 431.
+    // h2 enforces the advertised SETTINGS_MAX_HEADER_LIST_SIZE (64 KiB) itself with a 431,
+    // and says so in a line that names the peer (the connection's span).
     assert_eq!(raw_request(&mut send, request).await, Ok(431));
+    log_line(&[
+        "REQUEST_HEADER_FIELDS_TOO_LARGE",
+        &format!("src.addr={}:", ip(pair.net, 2)),
+    ])
+    .await;
     // the connection survives, and so does everyone else's
     assert_eq!(
         raw_request(&mut send, connect_request(&pair.echo().to_string())).await,

@@ -97,9 +97,15 @@ pub async fn start(
         config.certificate_ttl,
         clock.clone(),
     ));
+    // A seed of its own for each ztunnel, as the binary draws one: trace ids must not repeat
+    // across the tests' ztunnels (they share one log).
+    let seed = match listen {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6) as u64,
+    };
     let seams = Seams {
         clock,
-        ..Seams::real(7)
+        ..Seams::real(seed)
     };
     ztunnel::run(config, seams, state, provider).await.unwrap()
 }
@@ -216,8 +222,11 @@ pub fn capture_logs() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                dataplane::logging::DEFAULT_FILTER,
+            ))
             .with_writer(|| LogWriter)
+            .with_ansi(false)
             .event_format(dataplane::logging::UpstreamFormat)
             .try_init();
     });
