@@ -3,6 +3,7 @@
 //! The HTTP/2 settings are upstream's, so our proxies interoperate with upstream ztunnels.
 
 mod client;
+mod headers;
 mod keepalive;
 mod pool;
 mod server;
@@ -11,6 +12,7 @@ mod stream;
 use std::time::Duration;
 
 pub use client::{ConnectHeaders, HboneError, connect_stream, open_connection};
+pub use headers::{TraceParent, forwarded_host};
 pub use pool::{Lease, Pool, PoolKey};
 pub use server::{ConnectRequest, IncomingConnect, ServerOptions, serve_connection};
 pub use stream::{ByteCounts, Counted, H2Stream, copy_bidirectional};

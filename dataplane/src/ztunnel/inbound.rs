@@ -5,13 +5,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
+use tracing::Instrument;
 
 use super::Inner;
 use super::access_log::{ConnectionLog, Direction};
 use super::connections::policy_closed;
 use super::metrics::{Reporter, Traffic};
 use super::outbound::baggage;
-use crate::hbone::{self, ByteCounts, Counted, IncomingConnect, ServerOptions};
+use crate::hbone::{
+    self, ByteCounts, Counted, IncomingConnect, ServerOptions, TraceParent, forwarded_host,
+};
 use crate::policy::{ConnectionContext, evaluate};
 use crate::seams::Accepted;
 use crate::state::{Service, TunnelProtocol, Workload};
@@ -46,7 +49,21 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
     let handler = move |incoming: IncomingConnect| {
         let inner = handler_inner.clone();
         let workload = workload.clone();
-        async move { handle_connect(inner, workload, incoming).await }
+        async move {
+            // Adopt the client side's traceparent as this connection's log id, so one
+            // connection's lines on both nodes share it; make one when it is missing or bad.
+            let trace = incoming
+                .request
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(TraceParent::parse)
+                .unwrap_or_else(|| TraceParent::generate(&inner.seams.entropy));
+            let span = tracing::info_span!("inbound", id = %trace);
+            handle_connect(inner, workload, incoming)
+                .instrument(span)
+                .await
+        }
     };
     if let Err(err) =
         hbone::serve_connection(stream, peer, destination, tls, options, handler).await
@@ -167,6 +184,22 @@ async fn handle_connect(inner: Arc<Inner>, workload: Arc<Workload>, incoming: In
             Target::Port(port, service) => (port, service),
             Target::Refuse(status, reason) => return refuse(incoming, status, "CONNECT", &reason),
         };
+    // An address authority names no service; the client's `forwarded: …;host=` says which one
+    // it dialled, for telemetry only (the port stays the authority's).
+    let service = service.or_else(|| {
+        let host = request
+            .headers
+            .get("forwarded")
+            .and_then(|v| v.to_str().ok())
+            .and_then(forwarded_host)?;
+        inner.state.read(|state| {
+            workload
+                .services
+                .keys()
+                .filter_map(|key| state.service(key))
+                .find(|s| s.hostname == host)
+        })
+    });
     if inner.config.ports.proxy_ports().contains(&port) {
         return refuse(
             incoming,

@@ -5,12 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
+use tracing::Instrument;
 
 use super::Inner;
 use super::access_log::{ConnectionLog, Direction};
 use super::metrics::{Reporter, Traffic};
 use super::route::{Route, RouteError, Router};
-use crate::hbone::{self, ByteCounts, ConnectHeaders, Counted, H2Stream, HboneError, PoolKey};
+use crate::hbone::{
+    self, ByteCounts, ConnectHeaders, Counted, H2Stream, HboneError, PoolKey, TraceParent,
+};
 use crate::seams::BoxStream;
 use crate::state::Workload;
 
@@ -25,6 +28,8 @@ pub enum OutboundError {
     Hbone(#[from] HboneError),
     #[error("direct connect to {0} failed: {1}")]
     Connect(SocketAddr, std::io::Error),
+    #[error("timed out establishing the upstream after {0:?}")]
+    Timeout(Duration),
 }
 
 impl OutboundError {
@@ -79,11 +84,13 @@ pub(crate) struct Established {
     source: Arc<Workload>,
 }
 
-/// Finds the source workload and establishes the upstream for `destination`.
+/// Finds the source workload and establishes the upstream for `destination`; an HBONE
+/// upstream carries `trace` as its `traceparent`.
 pub(crate) async fn establish(
     inner: &Arc<Inner>,
     peer: SocketAddr,
     destination: SocketAddr,
+    trace: TraceParent,
 ) -> Result<Established, OutboundError> {
     let (source, route) = inner.state.read(|state| {
         let source = inner
@@ -139,12 +146,7 @@ pub(crate) async fn establish(
                     Some(s) => format!("for=\"{peer}\";host={}", s.hostname),
                     None => format!("for=\"{peer}\""),
                 },
-                traceparent: format!(
-                    "00-{:016x}{:016x}-{:016x}-00",
-                    inner.seams.entropy.next_u64(),
-                    inner.seams.entropy.next_u64(),
-                    inner.seams.entropy.next_u64()
-                ),
+                traceparent: trace.to_string(),
             };
             let stream = hbone::connect_stream(&lease, authority, &headers).await?;
             Upstream::Hbone(stream, lease)
@@ -257,19 +259,42 @@ pub(crate) fn failed(
     tracing::warn!(src.addr = %peer, dst.addr = %destination, direction = "outbound", error = %err, "connection failed");
 }
 
-/// Handles one captured connection on 15001.
+/// Handles one captured connection on 15001. Its log lines carry the `traceparent` id the
+/// upstream ztunnel adopts, so both sides of one connection can be found together.
 pub(crate) async fn handle_captured(
     inner: Arc<Inner>,
     downstream: BoxStream,
     peer: SocketAddr,
     destination: SocketAddr,
 ) {
-    let started = tokio::time::Instant::now();
-    match establish(&inner, peer, destination).await {
-        Ok(established) => relay(&inner, downstream, peer, established, started).await,
-        Err(err) => failed(&inner, peer, destination, &err),
+    let trace = TraceParent::generate(&inner.seams.entropy);
+    let span = tracing::info_span!("outbound", id = %trace);
+    async move {
+        let started = tokio::time::Instant::now();
+        match establish_within(&inner, peer, destination, trace).await {
+            Ok(established) => relay(&inner, downstream, peer, established, started).await,
+            Err(err) => failed(&inner, peer, destination, &err),
+        }
     }
+    .instrument(span)
+    .await;
 }
 
-/// How long an unanswered outbound HBONE set-up may take before it is abandoned.
+/// How long an unanswered outbound set-up (connect, TLS and HTTP/2 handshakes, the CONNECT's
+/// answer) may take before it is abandoned: a peer that stalls holds nobody up for longer.
 pub(crate) const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`establish`], abandoned after [`ESTABLISH_TIMEOUT`].
+pub(crate) async fn establish_within(
+    inner: &Arc<Inner>,
+    peer: SocketAddr,
+    destination: SocketAddr,
+    trace: TraceParent,
+) -> Result<Established, OutboundError> {
+    tokio::time::timeout(
+        ESTABLISH_TIMEOUT,
+        establish(inner, peer, destination, trace),
+    )
+    .await
+    .unwrap_or(Err(OutboundError::Timeout(ESTABLISH_TIMEOUT)))
+}

@@ -10,10 +10,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tracing::Instrument;
 
 use super::Inner;
-use super::outbound::{self, ESTABLISH_TIMEOUT, OutboundError};
+use super::outbound::{self, OutboundError};
 use super::route::RouteError;
+use crate::hbone::TraceParent;
 use crate::seams::{Accepted, BoxStream};
 
 const VERSION: u8 = 5;
@@ -200,13 +202,25 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
             return;
         }
     };
-    let established = tokio::time::timeout(
-        ESTABLISH_TIMEOUT,
-        outbound::establish(&inner, peer, destination),
-    )
-    .await;
-    match established {
-        Ok(Ok(established)) => {
+    let trace = TraceParent::generate(&inner.seams.entropy);
+    let span = tracing::info_span!("outbound", id = %trace);
+    establish_and_relay(inner, stream, handshake, peer, destination, trace, started)
+        .instrument(span)
+        .await;
+}
+
+/// The SOCKS5 reply follows the upstream's fate: success only once it is established.
+async fn establish_and_relay(
+    inner: Arc<Inner>,
+    mut stream: BoxStream,
+    mut handshake: Handshake,
+    peer: SocketAddr,
+    destination: SocketAddr,
+    trace: TraceParent,
+    started: tokio::time::Instant,
+) {
+    match outbound::establish_within(&inner, peer, destination, trace).await {
+        Ok(established) => {
             if handshake.reply(&mut stream, REPLY_OK).await.is_ok() {
                 let early = handshake.early_data();
                 let downstream: BoxStream = if early.is_empty() {
@@ -217,22 +231,20 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
                 outbound::relay(&inner, downstream, peer, established, started).await;
             }
         }
-        Ok(Err(err)) => {
+        Err(err) => {
             let code = match err {
                 OutboundError::Hbone(crate::hbone::HboneError::Status { status, .. })
                     if status == http::StatusCode::UNAUTHORIZED =>
                 {
                     REPLY_NOT_ALLOWED
                 }
-                OutboundError::Route(RouteError::NoEndpoint { .. }) => REPLY_HOST_UNREACHABLE,
+                OutboundError::Route(RouteError::NoEndpoint { .. }) | OutboundError::Timeout(_) => {
+                    REPLY_HOST_UNREACHABLE
+                }
                 _ => REPLY_FAILURE,
             };
             let _ = handshake.reply(&mut stream, code).await;
             outbound::failed(&inner, peer, destination, &err);
-        }
-        Err(_) => {
-            let _ = handshake.reply(&mut stream, REPLY_HOST_UNREACHABLE).await;
-            tracing::warn!(src.addr = %peer, dst.addr = %destination, direction = "outbound", error = "timed out establishing the upstream", "connection failed");
         }
     }
 }

@@ -57,6 +57,47 @@ async fn hbone_between_two_ztunnels_via_socks5() {
     pair.b.shutdown().await;
 }
 
+/// The `id=` a log line carries: the connection's traceparent.
+fn trace_id(line: &str) -> &str {
+    let at = line
+        .find(" id=00-")
+        .expect("line carries the connection's trace id")
+        + 4;
+    &line[at..at + 55]
+}
+
+#[tokio::test]
+async fn one_connection_carries_one_trace_id_and_its_service_across_both_nodes() {
+    let pair = Pair::start("").await;
+    // to the service VIP: the CONNECT's authority is the pod address, so only the
+    // `forwarded` header tells node-b which service was dialled
+    let (code, stream) = pair.connect(SocketAddr::new(ip(pair.net, 100), 80)).await;
+    assert_eq!(code, 0);
+    let mut s = stream.unwrap();
+    assert_eq!(round_trip(&mut s, b"traced").await.unwrap(), b"traced");
+    drop(s);
+    let src = format!("src.addr={}:", ip(pair.net, 2));
+    let outbound = log_line(&[
+        "\taccess\tconnection complete\t",
+        &src,
+        "direction=\"outbound\"",
+    ])
+    .await;
+    let id = trace_id(&outbound);
+    let inbound = log_line(&[
+        "\taccess\tconnection complete\t",
+        "direction=\"inbound\"",
+        &format!("id={id}"),
+    ])
+    .await;
+    assert!(inbound.contains(&src), "{inbound}");
+    assert!(
+        inbound.contains("dst.service=\"echo.shop.svc.cluster.local\""),
+        "{inbound}"
+    );
+    // one column of key=value pairs: the id joins the access log's own
+    assert_eq!(inbound.split('\t').count(), 5, "{inbound}");
+}
 #[tokio::test]
 async fn server_presenting_the_wrong_identity_is_refused() {
     let pair = Pair::start("").await;
