@@ -19,7 +19,7 @@ mod socks5;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -194,8 +194,15 @@ pub async fn run(
     });
 
     let ip = inner.config.listen_ip;
+    // Admin (config dumps, `/quitquitquit`) is for the node itself: on a wildcard listen
+    // address it binds loopback only, as upstream binds it to localhost.
+    let admin_ip = match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        other => other,
+    };
     let ports = inner.config.ports;
-    let bind = |listener: &'static str, port: u16| {
+    let bind = |listener: &'static str, ip: IpAddr, port: u16| {
         let inner = inner.clone();
         async move {
             let address = SocketAddr::new(ip, port);
@@ -211,17 +218,17 @@ pub async fn run(
                 })
         }
     };
-    let outbound_l = bind("outbound", ports.outbound).await?;
-    let plaintext_l = bind("inbound plaintext", ports.inbound_plaintext).await?;
-    let inbound_l = bind("inbound HBONE", ports.inbound).await?;
+    let outbound_l = bind("outbound", ip, ports.outbound).await?;
+    let plaintext_l = bind("inbound plaintext", ip, ports.inbound_plaintext).await?;
+    let inbound_l = bind("inbound HBONE", ip, ports.inbound).await?;
     let socks5_l = if inner.config.enable_socks5 {
-        Some(bind("SOCKS5", ports.socks5).await?)
+        Some(bind("SOCKS5", ip, ports.socks5).await?)
     } else {
         None
     };
-    let readiness_l = bind("readiness", ports.readiness).await?;
-    let metrics_l = bind("metrics", ports.metrics).await?;
-    let admin_l = bind("admin", ports.admin).await?;
+    let readiness_l = bind("readiness", ip, ports.readiness).await?;
+    let metrics_l = bind("metrics", ip, ports.metrics).await?;
+    let admin_l = bind("admin", admin_ip, ports.admin).await?;
     let addresses = Addresses {
         outbound: outbound_l.local_addr(),
         inbound_plaintext: plaintext_l.local_addr(),

@@ -375,3 +375,44 @@ async fn a_selector_policy_added_later_applies_on_a_pooled_connection() {
         "refused: the CONNECT is judged against today's workload"
     );
 }
+
+#[tokio::test]
+async fn on_a_wildcard_address_admin_listens_on_loopback_only() {
+    let ca = new_ca();
+    let config = dataplane::ztunnel::Config {
+        node_name: "node-w".into(),
+        listen_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        ports: dataplane::ztunnel::Ports {
+            outbound: 0,
+            inbound_plaintext: 0,
+            inbound: 0,
+            socks5: 0,
+            readiness: 0,
+            metrics: 0,
+            admin: 0,
+        },
+        ..dataplane::ztunnel::Config::default()
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let provider = Arc::new(dataplane::ztunnel::LocalCaProvider::new(
+        dataplane::identity::LocalCa::from_pem(&ca.root_pem(), ca.key_pem()).unwrap(),
+        config.certificate_ttl,
+        clock,
+    ));
+    let z = dataplane::ztunnel::run(
+        config,
+        dataplane::seams::Seams::real(1),
+        state(""),
+        provider,
+    )
+    .await
+    .unwrap();
+    let addresses = z.addresses();
+    assert!(addresses.admin.ip().is_loopback(), "{:?}", addresses.admin);
+    for open in [addresses.inbound, addresses.metrics, addresses.readiness] {
+        assert!(open.ip().is_unspecified(), "{open:?}");
+    }
+    let (status, _) = http_get(addresses.admin, "/config_dump").await;
+    assert_eq!(status, 200);
+    z.shutdown().await;
+}
