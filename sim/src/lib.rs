@@ -94,7 +94,7 @@ impl Report {
         };
         let out = &self.output;
         let mut line = format!(
-            "{verdict} {} seed={} sim={:.1}s wall={:.2}s speed={:.0}x events={} ({:.0}/s) requests={} trace={:016x}",
+            "{verdict} {} seed={} sim_time={:.1}s wall={:.2}s speed={:.0}x events={} ({:.0}/s) requests={} trace={:016x}",
             self.scenario,
             self.seed,
             out.sim_time.as_secs_f64(),
