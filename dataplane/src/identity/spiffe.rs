@@ -104,24 +104,150 @@ mod tests {
         }
     }
 
+    /// A realistic trust domain: a DNS name (`cluster.local`, `td-1.example.com`).
+    fn arb_trust_domain() -> impl Strategy<Value = String> {
+        "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?){0,3}"
+    }
+
+    /// A Kubernetes namespace: an RFC 1123 label.
+    fn arb_namespace() -> impl Strategy<Value = String> {
+        "[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?"
+    }
+
+    /// A Kubernetes service account: an RFC 1123 subdomain.
+    fn arb_service_account() -> impl Strategy<Value = String> {
+        "[a-z0-9]([a-z0-9.-]{0,30}[a-z0-9])?"
+    }
+
+    /// Any component the parser accepts: anything without a `/`, including the empty string
+    /// and the keywords themselves (a namespace may well be called `sa`).
+    fn arb_any_component() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[^/]{0,12}",
+            Just(String::new()),
+            Just("ns".to_string()),
+            Just("sa".to_string()),
+            Just("spiffe:".to_string()),
+        ]
+    }
+
+    fn arb_parts() -> impl Strategy<Value = (String, String, String)> {
+        prop_oneof![
+            3 => (arb_trust_domain(), arb_namespace(), arb_service_account()),
+            1 => (arb_any_component(), arb_any_component(), arb_any_component()),
+        ]
+    }
+
+    /// The segments after the scheme of the identity made of these parts.
+    fn segments(td: &str, ns: &str, sa: &str) -> Vec<String> {
+        vec![td.into(), "ns".into(), ns.into(), "sa".into(), sa.into()]
+    }
+
+    fn with_scheme(segments: &[String]) -> String {
+        format!("spiffe://{}", segments.join("/"))
+    }
+
+    /// A single edit of a valid identity's segments that breaks the
+    /// `<td>/ns/<ns>/sa/<sa>` shape (the scheme is kept intact).
+    #[derive(Debug, Clone)]
+    enum ShapeMutation {
+        /// Replace the `ns` keyword with another word.
+        NsKeyword(&'static str),
+        /// Replace the `sa` keyword with another word.
+        SaKeyword(&'static str),
+        /// `<td>/sa/<ns>/ns/<sa>`.
+        SwapKeywords,
+        /// Insert one more segment at this index (0..=5): leading, inner, or trailing slash
+        /// when the segment is empty.
+        Insert(usize, String),
+        /// Drop the segment at this index (0..5).
+        Remove(usize),
+    }
+
+    fn arb_shape_mutation() -> impl Strategy<Value = ShapeMutation> {
+        let not_ns =
+            prop::sample::select(vec!["", "NS", "Ns", "n", "nss", "ns ", "namespace", "sa"]);
+        let not_sa =
+            prop::sample::select(vec!["", "SA", "s", "saa", " sa", "serviceaccount", "ns"]);
+        prop_oneof![
+            not_ns.prop_map(ShapeMutation::NsKeyword),
+            not_sa.prop_map(ShapeMutation::SaKeyword),
+            Just(ShapeMutation::SwapKeywords),
+            (0usize..=5, arb_any_component()).prop_map(|(i, s)| ShapeMutation::Insert(i, s)),
+            (0usize..5).prop_map(ShapeMutation::Remove),
+        ]
+    }
+
+    fn apply(mutation: &ShapeMutation, mut segs: Vec<String>) -> Vec<String> {
+        match mutation {
+            ShapeMutation::NsKeyword(k) => segs[1] = (*k).into(),
+            ShapeMutation::SaKeyword(k) => segs[3] = (*k).into(),
+            ShapeMutation::SwapKeywords => segs.swap(1, 3),
+            ShapeMutation::Insert(i, s) => segs.insert(*i, s.clone()),
+            ShapeMutation::Remove(i) => {
+                segs.remove(*i);
+            }
+        }
+        segs
+    }
+
     proptest! {
+        /// Identities built from realistic parts parse to exactly those parts and survive
+        /// Display -> parse; the principal is the string without the scheme.
         #[test]
-        fn display_then_parse_round_trips(
-            td in "[a-z0-9.-]{0,20}",
-            ns in "[a-z0-9-]{0,20}",
-            sa in "[a-z0-9-]{0,20}",
-        ) {
-            let id = Identity::new(td, ns, sa);
-            let back: Identity = id.to_string().parse().unwrap();
-            prop_assert_eq!(back, id);
+        fn generated_identities_parse_and_round_trip((td, ns, sa) in arb_parts()) {
+            let s = format!("spiffe://{td}/ns/{ns}/sa/{sa}");
+            let id: Identity = s.parse().unwrap();
+            prop_assert_eq!(&id.trust_domain, &td);
+            prop_assert_eq!(&id.namespace, &ns);
+            prop_assert_eq!(&id.service_account, &sa);
+            prop_assert_eq!(id.to_string(), s.clone());
+            prop_assert_eq!(id.principal(), format!("{td}/ns/{ns}/sa/{sa}"));
+            prop_assert_eq!(id.to_string().parse::<Identity>().unwrap(), id.clone());
+            // and from the value side
+            let built = Identity::new(td, ns, sa);
+            prop_assert_eq!(built.to_string().parse::<Identity>().unwrap(), built);
         }
 
+        /// Emptying the trust domain, namespace or service account keeps the identity valid
+        /// (upstream tolerates empty components); only that field becomes empty.
         #[test]
-        fn parse_accepts_exactly_five_parts_with_keywords(s in "spiffe://[a-z/]{0,30}") {
-            let rest = &s["spiffe://".len()..];
-            let parts: Vec<&str> = rest.split('/').collect();
-            let shaped = parts.len() == 5 && parts[1] == "ns" && parts[3] == "sa";
-            prop_assert_eq!(s.parse::<Identity>().is_ok(), shaped);
+        fn emptied_components_are_tolerated((td, ns, sa) in arb_parts(), which in 0usize..3) {
+            let mut parts = [td, ns, sa];
+            parts[which].clear();
+            let [td, ns, sa] = parts;
+            let s = with_scheme(&segments(&td, &ns, &sa));
+            prop_assert_eq!(s.parse::<Identity>(), Ok(Identity::new(td, ns, sa)));
+        }
+
+        /// Breaking the shape of a valid identity once (keyword changed or swapped, a
+        /// segment added or removed, leading/trailing/double slash) is rejected as a shape
+        /// error: by construction the result no longer has exactly five segments with `ns`
+        /// second and `sa` fourth.
+        #[test]
+        fn shape_mutations_are_rejected(
+            (td, ns, sa) in arb_parts(),
+            mutation in arb_shape_mutation(),
+        ) {
+            let s = with_scheme(&apply(&mutation, segments(&td, &ns, &sa)));
+            prop_assert_eq!(s.parse::<Identity>(), Err(IdentityError::Shape(s.clone())));
+        }
+
+        /// Replacing or dropping the `spiffe://` scheme of a valid identity is rejected as a
+        /// scheme error (a realistic trust domain is never empty, so no variant can
+        /// accidentally re-form `spiffe://`).
+        #[test]
+        fn scheme_mutations_are_rejected(
+            td in arb_trust_domain(),
+            ns in arb_namespace(),
+            sa in arb_service_account(),
+            scheme in prop::sample::select(vec![
+                "", "SPIFFE://", "Spiffe://", "spiffe:/", "spiffe:", "spiffe//", "spiffe",
+                "spife://", "http://", "https://", " spiffe://", "/spiffe://",
+            ]),
+        ) {
+            let s = format!("{scheme}{}", segments(&td, &ns, &sa).join("/"));
+            prop_assert_eq!(s.parse::<Identity>(), Err(IdentityError::Scheme(s.clone())));
         }
 
         #[test]
