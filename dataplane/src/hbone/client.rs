@@ -13,8 +13,8 @@ use tokio_rustls::TlsConnector;
 
 use super::stream::H2Stream;
 use super::{
-    CLIENT_MAX_HEADER_LIST, CONNECTION_WINDOW, MAX_FRAME_SIZE, PING_INTERVAL, PING_TIMEOUT,
-    STREAM_WINDOW, TLS_BUFFER_LIMIT, keepalive,
+    CLIENT_MAX_HEADER_LIST, CLIENT_SEND_BUFFER, CONNECTION_WINDOW, MAX_FRAME_SIZE, PING_INTERVAL,
+    PING_TIMEOUT, STREAM_WINDOW, TLS_BUFFER_LIMIT, keepalive,
 };
 use crate::seams::Network;
 
@@ -41,6 +41,19 @@ pub enum HboneError {
     Request(String),
 }
 
+impl HboneError {
+    /// The peer did not take the stream up at all (it is going away, or refused the stream
+    /// unprocessed): the CONNECT may be sent again on another connection.
+    pub(crate) fn unprocessed(&self) -> bool {
+        match self {
+            HboneError::Stream { source, .. } => {
+                source.is_go_away() || source.reason() == Some(h2::Reason::REFUSED_STREAM)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The headers a CONNECT carries besides `:authority`.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectHeaders {
@@ -62,6 +75,12 @@ pub struct Connection {
 impl Connection {
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Takes the connection out of rotation (the peer sent GOAWAY): streams already on it
+    /// finish, new ones go to another connection.
+    pub(crate) fn retire(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 
     /// How many concurrent streams the server allows.
@@ -97,6 +116,7 @@ pub async fn open_connection(
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME_SIZE)
         .max_header_list_size(CLIENT_MAX_HEADER_LIST)
+        .max_send_buffer_size(CLIENT_SEND_BUFFER)
         .enable_push(false)
         .handshake::<_, Bytes>(tls_stream)
         .await
@@ -132,9 +152,15 @@ pub async fn connect_stream(
     authority: &str,
     headers: &ConnectHeaders,
 ) -> Result<H2Stream, HboneError> {
-    let stream_err = |source| HboneError::Stream {
-        authority: authority.to_string(),
-        source,
+    let stream_err = |source| {
+        let err = HboneError::Stream {
+            authority: authority.to_string(),
+            source,
+        };
+        if err.unprocessed() {
+            connection.retire();
+        }
+        err
     };
     let mut builder = Request::builder().method(Method::CONNECT).uri(authority);
     for (name, value) in [

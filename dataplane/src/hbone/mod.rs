@@ -11,7 +11,7 @@ mod stream;
 
 use std::time::Duration;
 
-pub use client::{ConnectHeaders, HboneError, connect_stream, open_connection};
+pub use client::{ConnectHeaders, HboneError, open_connection};
 pub use headers::{TraceParent, forwarded_host};
 pub use pool::{Lease, Pool, PoolKey};
 pub use server::{ConnectRequest, IncomingConnect, ServerOptions, serve_connection};
@@ -33,6 +33,8 @@ pub const SERVER_MAX_HEADER_LIST: u32 = 64 * 1024;
 pub const SERVER_MAX_STREAMS: u32 = 200;
 /// Streams a client puts on one connection before opening another.
 pub const CLIENT_MAX_STREAMS: usize = 100;
+/// Per-stream send buffer on the client: the stream window, so a stream can fill it at once.
+pub const CLIENT_SEND_BUFFER: usize = STREAM_WINDOW as usize;
 /// Per-stream send buffer on the server.
 pub const SERVER_SEND_BUFFER: usize = 400 * 1024;
 /// First keepalive PING after this long, then at this interval.
@@ -44,3 +46,6 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
 pub const TLS_BUFFER_LIMIT: usize = 256 * 1024;
 /// Pooled connections unused this long are released.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[cfg(test)]
+mod tests;

@@ -1,5 +1,7 @@
 //! The client connection pool: streams with the same key share HTTP/2 connections, up to the
-//! stream limit; connections unused for a while are released.
+//! stream limit; connections unused for a while are released. One connection per key is
+//! opened at a time, so a burst of new streams shares it rather than racing to open many; a
+//! connection whose peer sent GOAWAY is left to finish while new streams move on.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -10,7 +12,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::time::Instant;
 
-use super::client::{Connection, HboneError};
+use super::client::{ConnectHeaders, Connection, HboneError, connect_stream};
+use super::stream::H2Stream;
 use super::{CLIENT_MAX_STREAMS, POOL_IDLE_TIMEOUT};
 use crate::identity::Identity;
 
@@ -38,6 +41,8 @@ struct Entry {
 #[derive(Clone, Default)]
 pub struct Pool {
     entries: Arc<Mutex<BTreeMap<PoolKey, Vec<Entry>>>>,
+    /// Held while a connection for the key is being opened.
+    opening: Arc<Mutex<BTreeMap<PoolKey, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// A connection checked out for one stream; dropping it returns the slot.
@@ -78,24 +83,48 @@ impl Pool {
         Self::default()
     }
 
-    /// A connection for `key` with a free stream slot, opening one with `open` when none has.
-    pub async fn checkout<F, Fut>(&self, key: &PoolKey, open: F) -> Result<Lease, HboneError>
+    /// A stream to `authority` on a connection for `key`, opening a connection with `open`
+    /// when none has a free slot. A peer that turns the stream away unprocessed (GOAWAY,
+    /// REFUSED_STREAM) gets it sent once more, on another connection.
+    pub async fn open_stream<F, Fut>(
+        &self,
+        key: &PoolKey,
+        open: F,
+        authority: &str,
+        headers: &ConnectHeaders,
+    ) -> Result<(H2Stream, Lease), HboneError>
     where
-        F: FnOnce() -> Fut,
+        F: Fn() -> Fut,
         Fut: Future<Output = Result<Connection, HboneError>>,
     {
-        {
-            let mut entries = self.lock();
-            if let Some(list) = entries.get_mut(key) {
-                list.retain(|e| !e.connection.is_closed());
-                let free = list.iter().find(|e| {
-                    let limit = e.connection.max_streams().clamp(1, CLIENT_MAX_STREAMS);
-                    e.usage.active.load(Ordering::Acquire) < limit
-                });
-                if let Some(entry) = free {
-                    return Ok(lease(entry));
-                }
+        let lease = self.checkout(key, &open).await?;
+        match connect_stream(&lease, authority, headers).await {
+            Ok(stream) => Ok((stream, lease)),
+            Err(err) if err.unprocessed() => {
+                tracing::debug!(%err, "peer turned the stream away; retrying on another connection");
+                drop(lease);
+                let lease = self.checkout(key, &open).await?;
+                let stream = connect_stream(&lease, authority, headers).await?;
+                Ok((stream, lease))
             }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// A connection for `key` with a free stream slot, opening one with `open` when none has.
+    async fn checkout<F, Fut>(&self, key: &PoolKey, open: &F) -> Result<Lease, HboneError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Connection, HboneError>>,
+    {
+        if let Some(lease) = self.free(key) {
+            return Ok(lease);
+        }
+        let gate = self.lock_opening().entry(key.clone()).or_default().clone();
+        let _opening = gate.lock().await;
+        // Whoever held the gate before may have opened one with room for us.
+        if let Some(lease) = self.free(key) {
+            return Ok(lease);
         }
         let connection = open().await?;
         let entry = Entry {
@@ -108,6 +137,19 @@ impl Pool {
         let leased = lease(&entry);
         self.lock().entry(key.clone()).or_default().push(entry);
         Ok(leased)
+    }
+
+    /// A lease on a live connection for `key` with a free stream slot.
+    fn free(&self, key: &PoolKey) -> Option<Lease> {
+        let mut entries = self.lock();
+        let list = entries.get_mut(key)?;
+        list.retain(|e| !e.connection.is_closed());
+        list.iter()
+            .find(|e| {
+                let limit = e.connection.max_streams().clamp(1, CLIENT_MAX_STREAMS);
+                e.usage.active.load(Ordering::Acquire) < limit
+            })
+            .map(lease)
     }
 
     /// Releases connections that are closed, or idle longer than the idle timeout.
@@ -131,6 +173,10 @@ impl Pool {
             });
         }
         entries.retain(|_, list| !list.is_empty());
+        drop(entries);
+        // Gates nobody holds or waits on.
+        self.lock_opening()
+            .retain(|_, gate| Arc::strong_count(gate) > 1);
     }
 
     /// Open connections, for the admin API and tests.
@@ -145,5 +191,11 @@ impl Pool {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PoolKey, Vec<Entry>>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_opening(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<PoolKey, Arc<tokio::sync::Mutex<()>>>> {
+        self.opening.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

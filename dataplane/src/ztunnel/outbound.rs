@@ -123,23 +123,6 @@ pub(crate) async fn establish(
                 destination: route.next_hop,
                 source_ip: Some(peer.ip()),
             };
-            let lease = inner
-                .pool
-                .checkout(&key, || async {
-                    let tls = inner
-                        .certificates
-                        .client_config(&identity, expected.clone())
-                        .await
-                        .map_err(|e| HboneError::Request(e.to_string()))?;
-                    hbone::open_connection(
-                        &*inner.seams.network,
-                        tls,
-                        Some(peer.ip()),
-                        route.next_hop,
-                    )
-                    .await
-                })
-                .await?;
             let headers = ConnectHeaders {
                 baggage: baggage(&source),
                 forwarded: match &route.service {
@@ -148,7 +131,19 @@ pub(crate) async fn establish(
                 },
                 traceparent: trace.to_string(),
             };
-            let stream = hbone::connect_stream(&lease, authority, &headers).await?;
+            let open = || async {
+                let tls = inner
+                    .certificates
+                    .client_config(&identity, expected.clone())
+                    .await
+                    .map_err(|e| HboneError::Request(e.to_string()))?;
+                hbone::open_connection(&*inner.seams.network, tls, Some(peer.ip()), route.next_hop)
+                    .await
+            };
+            let (stream, lease) = inner
+                .pool
+                .open_stream(&key, open, authority, &headers)
+                .await?;
             Upstream::Hbone(stream, lease)
         }
     };

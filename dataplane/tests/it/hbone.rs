@@ -71,3 +71,38 @@ async fn drain_lets_open_streams_finish_and_refuses_new_ones() {
     drop((ca, clock));
     pair_a.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_reset_cancels_the_stream_and_closes_the_far_side() {
+    let pair = Pair::start("").await;
+    let (code, stream) = pair.connect(pair.echo()).await;
+    assert_eq!(code, 0);
+    let mut s = stream.unwrap();
+    assert_eq!(round_trip(&mut s, b"x").await.unwrap(), b"x");
+    assert_eq!(pair.b.open_inbound_connections(), 1);
+    // The client aborts (TCP RST): node-a resets the stream (RST_STREAM CANCEL), and node-b,
+    // taking that as a normal close, closes its connection to the echo server, which would
+    // otherwise wait for more bytes forever.
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while pair.b.open_inbound_connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("node-b closed the reset stream's upstream");
+    let line = log_line(&[
+        "\taccess\tconnection complete\t",
+        &format!("src.addr={}:", ip(pair.net, 2)),
+        "direction=\"inbound\"",
+        "bytes_recv=1 ",
+    ])
+    .await;
+    assert!(!line.contains("error="), "CANCEL is a normal close: {line}");
+    // the HBONE connection under the stream is unharmed
+    assert_eq!(pair.a.pooled_connections(), 1);
+    pair.still_serves().await;
+}
