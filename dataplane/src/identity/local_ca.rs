@@ -103,8 +103,13 @@ impl LocalCa {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<WorkloadCertificate, LocalCaError> {
+        self.sign_leaf(leaf_params(identity, ttl, now)?)
+    }
+
+    /// Signs `params` for a fresh key, as a workload certificate chained to this root.
+    fn sign_leaf(&self, params: CertificateParams) -> Result<WorkloadCertificate, LocalCaError> {
         let key = KeyPair::generate()?;
-        let cert = leaf_params(identity, ttl, now)?.signed_by(&key, &self.issuer)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         Ok(WorkloadCertificate::from_der(
             vec![cert.der().clone()],
@@ -140,16 +145,9 @@ impl LocalCa {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<WorkloadCertificate, LocalCaError> {
-        let key = KeyPair::generate()?;
         let mut params = leaf_params(identity, ttl, now)?;
         params.extended_key_usages = usages;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        Ok(WorkloadCertificate::from_der(
-            vec![cert.der().clone()],
-            key,
-            vec![self.root.clone()],
-        )?)
+        self.sign_leaf(params)
     }
 }
 

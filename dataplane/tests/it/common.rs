@@ -383,11 +383,16 @@ impl Pair {
         .await
     }
 
+    /// A tunnel to `target` through node-a's SOCKS5, which must have succeeded.
+    pub async fn tunnel(&self, target: SocketAddr) -> TcpStream {
+        let (code, stream) = self.connect(target).await;
+        assert_eq!(code, 0, "SOCKS5 reply for {target}");
+        stream.expect("a stream with the success reply")
+    }
+
     /// Proves the server still serves a well-behaved client.
     pub async fn still_serves(&self) {
-        let (code, stream) = self.connect(self.echo()).await;
-        assert_eq!(code, 0);
-        let mut s = stream.unwrap();
+        let mut s = self.tunnel(self.echo()).await;
         assert_eq!(
             round_trip(&mut s, b"still here").await.unwrap(),
             b"still here"

@@ -10,9 +10,7 @@ use super::common::*;
 #[tokio::test]
 async fn half_close_is_carried_across_the_tunnel() {
     let pair = Pair::start("").await;
-    let (code, stream) = pair.connect(pair.echo()).await;
-    assert_eq!(code, 0);
-    let mut s = stream.unwrap();
+    let mut s = pair.tunnel(pair.echo()).await;
     s.write_all(b"last words").await.unwrap();
     // TCP FIN → END_STREAM → FIN at the echo server, which echoes and closes in turn.
     s.shutdown().await.unwrap();
@@ -75,9 +73,7 @@ async fn drain_lets_open_streams_finish_and_refuses_new_ones() {
 #[tokio::test]
 async fn a_client_reset_cancels_the_stream_and_closes_the_far_side() {
     let pair = Pair::start("").await;
-    let (code, stream) = pair.connect(pair.echo()).await;
-    assert_eq!(code, 0);
-    let mut s = stream.unwrap();
+    let mut s = pair.tunnel(pair.echo()).await;
     assert_eq!(round_trip(&mut s, b"x").await.unwrap(), b"x");
     assert_eq!(pair.b.open_inbound_connections(), 1);
     // The client aborts (TCP RST): node-a resets the stream (RST_STREAM CANCEL), and node-b,

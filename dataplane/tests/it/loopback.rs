@@ -71,9 +71,7 @@ async fn one_connection_carries_one_trace_id_and_its_service_across_both_nodes()
     let pair = Pair::start("").await;
     // to the service VIP: the CONNECT's authority is the pod address, so only the
     // `forwarded` header tells node-b which service was dialled
-    let (code, stream) = pair.connect(SocketAddr::new(ip(pair.net, 100), 80)).await;
-    assert_eq!(code, 0);
-    let mut s = stream.unwrap();
+    let mut s = pair.tunnel(SocketAddr::new(ip(pair.net, 100), 80)).await;
     assert_eq!(round_trip(&mut s, b"traced").await.unwrap(), b"traced");
     drop(s);
     let src = format!("src.addr={}:", ip(pair.net, 2));
@@ -175,9 +173,7 @@ async fn expired_client_certificate_is_refused() {
 #[tokio::test]
 async fn deny_policy_applied_while_open_closes_the_connection() {
     let pair = Pair::start("").await;
-    let (code, stream) = pair.connect(pair.echo()).await;
-    assert_eq!(code, 0);
-    let mut s = stream.unwrap();
+    let mut s = pair.tunnel(pair.echo()).await;
     assert_eq!(round_trip(&mut s, b"before").await.unwrap(), b"before");
     assert_eq!(pair.b.open_inbound_connections(), 1);
 
