@@ -121,34 +121,38 @@ fn resolve_target(
             format!("malformed authority {authority}"),
         );
     };
+    match workload_service(inner, workload, host) {
+        Some(s) => {
+            let mapped = workload
+                .services
+                .get(&s.key())
+                .and_then(|p| p.get(&port))
+                .or_else(|| s.ports.get(&port))
+                .copied()
+                .filter(|p| *p != 0);
+            match mapped {
+                Some(target) => Target::Port(target, Some(s)),
+                None => Target::Refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("service {host} has no port {port}"),
+                ),
+            }
+        }
+        None => Target::Refuse(
+            StatusCode::BAD_REQUEST,
+            format!("{host} is not a service of this workload"),
+        ),
+    }
+}
+
+/// The service named `host` among those `workload` backs.
+fn workload_service(inner: &Inner, workload: &Workload, host: &str) -> Option<Arc<Service>> {
     inner.state.read(|state| {
-        let service = workload
+        workload
             .services
             .keys()
             .filter_map(|key| state.service(key))
-            .find(|s| s.hostname == host);
-        match service {
-            Some(s) => {
-                let mapped = workload
-                    .services
-                    .get(&s.key())
-                    .and_then(|p| p.get(&port))
-                    .or_else(|| s.ports.get(&port))
-                    .copied()
-                    .filter(|p| *p != 0);
-                match mapped {
-                    Some(target) => Target::Port(target, Some(s)),
-                    None => Target::Refuse(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("service {host} has no port {port}"),
-                    ),
-                }
-            }
-            None => Target::Refuse(
-                StatusCode::BAD_REQUEST,
-                format!("{host} is not a service of this workload"),
-            ),
-        }
+            .find(|s| s.hostname == host)
     })
 }
 
@@ -192,13 +196,7 @@ async fn handle_connect(inner: Arc<Inner>, workload: Arc<Workload>, incoming: In
             .get("forwarded")
             .and_then(|v| v.to_str().ok())
             .and_then(forwarded_host)?;
-        inner.state.read(|state| {
-            workload
-                .services
-                .keys()
-                .filter_map(|key| state.service(key))
-                .find(|s| s.hostname == host)
-        })
+        workload_service(&inner, &workload, host)
     });
     if inner.config.ports.proxy_ports().contains(&port) {
         return refuse(
