@@ -198,15 +198,21 @@ async fn handle_connect(inner: Arc<Inner>, workload: Arc<Workload>, incoming: In
             .and_then(forwarded_host)?;
         workload_service(&inner, &workload, host)
     });
-    if inner.config.ports.proxy_ports().contains(&port) {
+    let destination_ip = request.destination.ip();
+    // Upstream refuses its traffic ports on any workload (a self-call); a target where one of
+    // this ztunnel's own listeners answers (admin, metrics, readiness) is refused too.
+    if inner.config.ports.proxy_ports().contains(&port)
+        || inner
+            .addresses
+            .reached_by(SocketAddr::new(destination_ip, port))
+    {
         return refuse(
             incoming,
             StatusCode::SERVICE_UNAVAILABLE,
             "CONNECT",
-            &format!("port {port} is a proxy port"),
+            &format!("port {port} is one of this proxy's own ports"),
         );
     }
-    let destination_ip = request.destination.ip();
     let context = ConnectionContext {
         source_identity: request.peer_identity.clone(),
         source_ip: peer.ip(),

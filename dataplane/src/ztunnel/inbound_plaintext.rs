@@ -35,8 +35,9 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
         .ports
         .proxy_ports()
         .contains(&destination.port())
+        || inner.addresses.reached_by(destination)
     {
-        return fail("destination is a proxy port");
+        return fail("destination is one of this proxy's own ports");
     }
     let context = ConnectionContext {
         source_identity: None,

@@ -13,7 +13,7 @@ mod inbound;
 mod inbound_plaintext;
 mod metrics;
 mod outbound;
-mod route;
+pub(crate) mod route;
 mod socks5;
 
 use std::collections::BTreeSet;
@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     /// Both xDS types have been answered at least once.
     pub(crate) xds_synced: Arc<AtomicBool>,
     pub(crate) quit: watch::Sender<bool>,
+    /// Where this ztunnel's own listeners answer: never a destination for proxied traffic.
+    pub(crate) addresses: Addresses,
 }
 
 impl Inner {
@@ -120,6 +122,37 @@ pub struct Addresses {
     pub readiness: SocketAddr,
     pub metrics: SocketAddr,
     pub admin: SocketAddr,
+}
+
+impl Addresses {
+    fn all(&self) -> impl Iterator<Item = SocketAddr> {
+        [
+            self.outbound,
+            self.inbound_plaintext,
+            self.inbound,
+            self.readiness,
+            self.metrics,
+            self.admin,
+        ]
+        .into_iter()
+        .chain(self.socks5)
+    }
+
+    /// Whether a connection to `destination` would reach one of these listeners — the proxy
+    /// itself, admin and `/quitquitquit` included — rather than a workload. A wildcard
+    /// listener answers on every local address, and loopback or the unspecified address with
+    /// one of our ports is taken to be us: closed by default, since a proxy that forwards to
+    /// itself can be stopped by anyone who can reach it (upstream refuses its own ports too).
+    pub(crate) fn reached_by(&self, destination: SocketAddr) -> bool {
+        let ip = destination.ip().to_canonical();
+        self.all().any(|own| {
+            own.port() == destination.port()
+                && (own.ip().is_unspecified()
+                    || own.ip().to_canonical() == ip
+                    || ip.is_loopback()
+                    || ip.is_unspecified())
+        })
+    }
 }
 
 /// A running ztunnel.
@@ -178,37 +211,23 @@ pub async fn run(
 ) -> Result<Ztunnel, StartError> {
     let (drain_tx, drain) = watch::channel(false);
     let (terminate_tx, terminate) = watch::channel(false);
-    let inner = Arc::new(Inner {
-        certificates: CertificateManager::new(certificates, seams.clock.clone()),
-        config,
-        seams,
-        state,
-        pool: Pool::new(),
-        metrics: Metrics::default(),
-        tracker: Arc::new(ConnectionTracker::default()),
-        drain,
-        terminate,
-        ready: AtomicBool::new(false),
-        xds_synced: Arc::new(AtomicBool::new(false)),
-        quit: watch::Sender::new(false),
-    });
 
-    let ip = inner.config.listen_ip;
-    // Admin (config dumps, `/quitquitquit`) is for the node itself: on a wildcard listen
-    // address it binds loopback only, as upstream binds it to localhost.
+    let ip = config.listen_ip;
+    // Admin (config dumps, `/quitquitquit`) is for the node itself: it binds loopback, as
+    // upstream binds it to localhost, unless the listen address is itself a loopback address
+    // (several ztunnels on one machine, each on its own 127.x address).
     let admin_ip = match ip {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        other => other,
+        ip if ip.is_loopback() => ip,
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
     };
-    let ports = inner.config.ports;
+    let ports = config.ports;
+    let network = seams.network.clone();
     let bind = |listener: &'static str, ip: IpAddr, port: u16| {
-        let inner = inner.clone();
+        let network = network.clone();
         async move {
             let address = SocketAddr::new(ip, port);
-            inner
-                .seams
-                .network
+            network
                 .bind(address)
                 .await
                 .map_err(|source| StartError::Bind {
@@ -221,7 +240,7 @@ pub async fn run(
     let outbound_l = bind("outbound", ip, ports.outbound).await?;
     let plaintext_l = bind("inbound plaintext", ip, ports.inbound_plaintext).await?;
     let inbound_l = bind("inbound HBONE", ip, ports.inbound).await?;
-    let socks5_l = if inner.config.enable_socks5 {
+    let socks5_l = if config.enable_socks5 {
         Some(bind("SOCKS5", ip, ports.socks5).await?)
     } else {
         None
@@ -238,6 +257,21 @@ pub async fn run(
         metrics: metrics_l.local_addr(),
         admin: admin_l.local_addr(),
     };
+    let inner = Arc::new(Inner {
+        certificates: CertificateManager::new(certificates, seams.clock.clone()),
+        config,
+        seams,
+        state,
+        pool: Pool::new(),
+        metrics: Metrics::default(),
+        tracker: Arc::new(ConnectionTracker::default()),
+        drain,
+        terminate,
+        ready: AtomicBool::new(false),
+        xds_synced: Arc::new(AtomicBool::new(false)),
+        quit: watch::Sender::new(false),
+        addresses,
+    });
 
     let mut tasks = Vec::new();
     let drain = inner.drain.clone();

@@ -99,7 +99,7 @@ pub(crate) async fn establish(
         let router = Router {
             state,
             network: &inner.config.network,
-            proxy_ports: inner.config.ports.proxy_ports(),
+            own: &inner.addresses,
             entropy: &inner.seams.entropy,
         };
         let route = router.route(&source, destination)?;

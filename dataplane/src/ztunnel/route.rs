@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::Addresses;
 use crate::hbone;
 use crate::identity::Identity;
 use crate::seams::Entropy;
@@ -14,20 +15,22 @@ use crate::state::{
 /// Why no route exists.
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
-    #[error("destination {0} is a proxy-internal loopback port")]
+    #[error("destination {0} is one of this proxy's own listeners")]
     Internal(SocketAddr),
+    #[error("destination {0} is a loopback or unspecified address that no workload owns")]
+    Local(SocketAddr),
     #[error("service {service} has no healthy endpoint for port {port}")]
     NoEndpoint { service: String, port: u16 },
     #[error("waypoint {0} could not be resolved")]
     Waypoint(String),
 }
 
-/// What routing needs: the state, this ztunnel's network and ports, and the entropy seam for
-/// endpoint picks.
+/// What routing needs: the state, this ztunnel's network and listeners, and the entropy seam
+/// for endpoint picks.
 pub(crate) struct Router<'a> {
     pub(crate) state: &'a State,
     pub(crate) network: &'a str,
-    pub(crate) proxy_ports: [u16; 4],
+    pub(crate) own: &'a Addresses,
     pub(crate) entropy: &'a Entropy,
 }
 
@@ -52,18 +55,28 @@ fn target_port(endpoint: &Workload, service: &Service, port: u16) -> Option<u16>
     (mapped != 0).then_some(mapped)
 }
 
+/// A healthy endpoint of `service` serving `port`, and the port to dial on it, chosen by
+/// capacity with the entropy seam. Shared by the ztunnel and the waypoint.
+pub(crate) fn pick_endpoint(
+    state: &State,
+    service: &Service,
+    port: u16,
+    entropy: &Entropy,
+) -> Option<(Arc<Workload>, u16)> {
+    let candidates: Vec<(Arc<Workload>, u16)> = state
+        .endpoints(&service.key())
+        .into_iter()
+        .filter(|w| w.status == WorkloadStatus::Healthy && !w.workload_ips.is_empty())
+        .filter_map(|w| target_port(&w, service, port).map(|t| (w, t)))
+        .collect();
+    let weights: Vec<u32> = candidates.iter().map(|(w, _)| w.capacity.max(1)).collect();
+    let index = entropy.weighted_index(&weights)?;
+    candidates.into_iter().nth(index)
+}
+
 impl Router<'_> {
     fn pick_endpoint(&self, service: &Service, port: u16) -> Option<(Arc<Workload>, u16)> {
-        let candidates: Vec<(Arc<Workload>, u16)> = self
-            .state
-            .endpoints(&service.key())
-            .into_iter()
-            .filter(|w| w.status == WorkloadStatus::Healthy && !w.workload_ips.is_empty())
-            .filter_map(|w| target_port(&w, service, port).map(|t| (w, t)))
-            .collect();
-        let weights: Vec<u32> = candidates.iter().map(|(w, _)| w.capacity.max(1)).collect();
-        let index = self.entropy.weighted_index(&weights)?;
-        candidates.into_iter().nth(index)
+        pick_endpoint(self.state, service, port, self.entropy)
     }
 
     /// The waypoint's address and identities, unless the source is that waypoint itself.
@@ -118,7 +131,9 @@ impl Router<'_> {
         source: &Workload,
         destination: SocketAddr,
     ) -> Result<Route, RouteError> {
-        if destination.ip().is_loopback() && self.proxy_ports.contains(&destination.port()) {
+        // An IPv4-mapped IPv6 address is its IPv4 form, so it cannot slip past the checks.
+        let destination = SocketAddr::new(destination.ip().to_canonical(), destination.port());
+        if self.own.reached_by(destination) {
             return Err(RouteError::Internal(destination));
         }
         let (state, network) = (self.state, self.network);
@@ -155,7 +170,11 @@ impl Router<'_> {
             }
             return Ok(endpoint_route(workload, destination.port(), None));
         }
-        // Unknown destination: passthrough.
+        // Unknown destination: passthrough, but never to this machine's own loopback or
+        // unspecified address, where the node's private services listen.
+        if destination.ip().is_loopback() || destination.ip().is_unspecified() {
+            return Err(RouteError::Local(destination));
+        }
         Ok(Route {
             hbone: None,
             next_hop: destination,
@@ -231,12 +250,27 @@ services:
         s
     }
 
+    /// A ztunnel at 10.0.2.1 with upstream's ports, admin on loopback.
+    fn own() -> Addresses {
+        let at = |ip: &str, port| SocketAddr::new(ip.parse().unwrap(), port);
+        Addresses {
+            outbound: at("10.0.2.1", 15001),
+            inbound_plaintext: at("10.0.2.1", 15006),
+            inbound: at("10.0.2.1", 15008),
+            socks5: Some(at("10.0.2.1", 15080)),
+            readiness: at("10.0.2.1", 15021),
+            metrics: at("10.0.2.1", 15020),
+            admin: at("127.0.0.1", 15000),
+        }
+    }
+
     fn route(state: &State, seed: u64, source: &str, dst: &str) -> Result<Route, RouteError> {
         let entropy = Entropy::seeded(seed);
+        let own = own();
         let router = Router {
             state,
             network: "",
-            proxy_ports: [15001, 15006, 15008, 15080],
+            own: &own,
             entropy: &entropy,
         };
         let source = state.workload(source).unwrap();
@@ -275,10 +309,11 @@ services:
         let s = state();
         let picks = |seed| {
             let entropy = Entropy::seeded(seed);
+            let own = own();
             let router = Router {
                 state: &s,
                 network: "",
-                proxy_ports: [15001, 15006, 15008, 15080],
+                own: &own,
                 entropy: &entropy,
             };
             let web = s.workload("web").unwrap();
@@ -344,11 +379,45 @@ services:
     }
 
     #[test]
-    fn loopback_proxy_ports_are_dropped() {
-        assert!(matches!(
-            route(&state(), 1, "web", "127.0.0.1:15008"),
-            Err(RouteError::Internal(_))
-        ));
-        assert!(route(&state(), 1, "web", "127.0.0.1:8080").is_ok());
+    fn the_proxys_own_listeners_are_never_a_destination() {
+        let internal =
+            |dst: &str| matches!(route(&state(), 1, "web", dst), Err(RouteError::Internal(_)));
+        // admin (and `/quitquitquit`) on loopback, in every spelling of it
+        for dst in [
+            "127.0.0.1:15000",
+            "0.0.0.0:15000",
+            "127.9.9.9:15000",
+            "[::1]:15000",
+            "[::]:15000",
+            "[::ffff:127.0.0.1]:15000",
+        ] {
+            assert!(internal(dst), "{dst}");
+        }
+        // every listener at the node's own address, and the traffic ports on loopback
+        for port in [15001, 15006, 15008, 15080, 15021, 15020] {
+            assert!(internal(&format!("10.0.2.1:{port}")), "{port}");
+            assert!(internal(&format!("127.0.0.1:{port}")), "{port}");
+            assert!(internal(&format!("[::ffff:10.0.2.1]:{port}")), "{port}");
+        }
+        // the same ports on a workload's own address are that workload's
+        assert!(route(&state(), 1, "web", "10.0.2.2:15020").is_ok());
+    }
+
+    #[test]
+    fn loopback_and_unspecified_destinations_no_workload_owns_are_refused() {
+        for dst in [
+            "127.0.0.1:8080",
+            "0.0.0.0:22",
+            "[::1]:6443",
+            "[::ffff:127.0.0.1]:80",
+        ] {
+            assert!(
+                matches!(route(&state(), 1, "web", dst), Err(RouteError::Local(_))),
+                "{dst}"
+            );
+        }
+        // a mapped address that is a workload's routes like its IPv4 form
+        let r = route(&state(), 1, "web", "[::ffff:10.0.2.2]:8080").unwrap();
+        assert_eq!(r.next_hop, "10.0.2.2:15008".parse().unwrap());
     }
 }

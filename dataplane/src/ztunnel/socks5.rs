@@ -157,7 +157,10 @@ impl Handshake {
         }
         let ip = match address_type {
             ATYP_V4 => IpAddr::V4(Ipv4Addr::from(self.take_array::<4>(stream).await?)),
-            ATYP_V6 => IpAddr::V6(Ipv6Addr::from(self.take_array::<16>(stream).await?)),
+            // An IPv4-mapped IPv6 address is its IPv4 form.
+            ATYP_V6 => {
+                IpAddr::V6(Ipv6Addr::from(self.take_array::<16>(stream).await?)).to_canonical()
+            }
             ATYP_DOMAIN => {
                 let [len] = self.take_array(stream).await?;
                 let name = String::from_utf8_lossy(self.take(stream, usize::from(len)).await?)
@@ -193,7 +196,11 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
     {
         Ok(Ok(d)) => d,
         Ok(Err(err)) => {
-            let _ = handshake.reply(&mut stream, err.reply_code()).await;
+            // A client refused at method selection has had its one answer (0xff); a SOCKS5
+            // reply after it would be read as garbage.
+            if !matches!(err, Socks5Error::NoAuth) {
+                let _ = handshake.reply(&mut stream, err.reply_code()).await;
+            }
             tracing::warn!(src.addr = %peer, error = %err, "SOCKS5 request rejected");
             return;
         }
@@ -236,6 +243,9 @@ async fn establish_and_relay(
                 OutboundError::Hbone(crate::hbone::HboneError::Status { status, .. })
                     if status == http::StatusCode::UNAUTHORIZED =>
                 {
+                    REPLY_NOT_ALLOWED
+                }
+                OutboundError::Route(RouteError::Internal(_) | RouteError::Local(_)) => {
                     REPLY_NOT_ALLOWED
                 }
                 OutboundError::Route(RouteError::NoEndpoint { .. }) | OutboundError::Timeout(_) => {

@@ -229,3 +229,24 @@ async fn socks5_garbage_is_rejected() {
     log_line(&["SOCKS5 request rejected", "not SOCKS5"]).await;
     pair.still_serves().await;
 }
+
+#[tokio::test]
+async fn socks5_client_offering_no_acceptable_method_gets_one_answer() {
+    let pair = Pair::start("").await;
+    let mut s = TcpStream::connect(pair.a.addresses().socks5.unwrap())
+        .await
+        .unwrap();
+    // username/password and GSSAPI only
+    s.write_all(&[5, 2, 2, 1]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+        .await
+        .expect("the server closes after refusing")
+        .unwrap();
+    assert_eq!(
+        answer,
+        [5, 0xff],
+        "exactly the method refusal, nothing after it"
+    );
+    pair.still_serves().await;
+}

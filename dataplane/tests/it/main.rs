@@ -5,4 +5,5 @@ mod common;
 mod hbone;
 mod loopback;
 mod processes;
+mod self_defence;
 mod simulated;
