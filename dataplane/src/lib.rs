@@ -1,4 +1,4 @@
-//! The mesh data plane: ztunnel (node L4 proxy) and, later, the waypoint (L7 proxy).
+//! The mesh data plane: ztunnel (node L4 proxy) and the waypoint (L7 proxy).
 //!
 //! Everything that touches the outside world goes through [`seams`], so the binaries and the
 //! simulator run the same functions.
@@ -11,5 +11,6 @@ pub mod memory;
 pub mod policy;
 pub mod seams;
 pub mod state;
+pub mod waypoint;
 pub mod xds;
 pub mod ztunnel;

@@ -4,6 +4,7 @@
 
 mod client;
 mod headers;
+mod io;
 mod keepalive;
 mod pool;
 mod server;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 pub use client::{ConnectHeaders, HboneError, open_connection};
 pub use headers::{TraceParent, forwarded_host};
+pub use io::H2Io;
 pub use pool::{Lease, Pool, PoolKey};
 pub use server::{ConnectRequest, IncomingConnect, ServerOptions, serve_connection};
 pub use stream::{ByteCounts, Counted, H2Stream, copy_bidirectional};

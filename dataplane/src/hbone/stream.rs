@@ -110,7 +110,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
-fn h2_io(err: h2::Error) -> io::Error {
+pub(super) fn h2_io(err: h2::Error) -> io::Error {
     if err.is_io() {
         return err
             .into_io()
@@ -120,7 +120,7 @@ fn h2_io(err: h2::Error) -> io::Error {
 }
 
 /// A peer resetting a stream with NO_ERROR or CANCEL is an ordinary close.
-fn is_graceful_reset(err: &h2::Error) -> bool {
+pub(super) fn is_graceful_reset(err: &h2::Error) -> bool {
     matches!(
         err.reason(),
         Some(h2::Reason::NO_ERROR) | Some(h2::Reason::CANCEL)

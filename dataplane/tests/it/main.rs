@@ -7,3 +7,4 @@ mod loopback;
 mod processes;
 mod self_defence;
 mod simulated;
+mod waypoint;

@@ -212,11 +212,14 @@ fn bind(store: &Store, mesh: &MeshConfig, service: &KubeService) -> Option<(Stri
         TrafficKind::Service,
     )?;
     let hostname = services::hostname(mesh, &namespace, &name);
-    let names: BTreeMap<i32, String> = spec
+    let names: BTreeMap<i32, (String, String)> = spec
         .and_then(|s| s.ports.as_ref())
         .into_iter()
         .flatten()
-        .map(|p| (p.port, p.name.clone().unwrap_or_default()))
+        .map(|p| {
+            let name = p.name.clone().unwrap_or_default();
+            (p.port, (name, p.app_protocol.clone().unwrap_or_default()))
+        })
         .collect();
     let ports = services::port_targets(service)
         .into_iter()
@@ -228,9 +231,16 @@ fn bind(store: &Store, mesh: &MeshConfig, service: &KubeService) -> Option<(Stri
                         TargetPort::Number(n) => n.into(),
                         TargetPort::Named(_) => 0,
                     },
-                    name: names.get(&i32::from(port)).cloned().unwrap_or_default(),
                     kind: RouteKind::None.into(),
                     rules: Vec::new(),
+                    ..names
+                        .get(&i32::from(port))
+                        .map(|(name, app_protocol)| ServicePort {
+                            name: name.clone(),
+                            app_protocol: app_protocol.clone(),
+                            ..ServicePort::default()
+                        })
+                        .unwrap_or_default()
                 },
                 http: Vec::new(),
                 grpc: Vec::new(),

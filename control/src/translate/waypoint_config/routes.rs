@@ -371,12 +371,34 @@ pub(super) fn backend(ctx: &Context<'_>, route_ns: &str, r: BackendRef<'_>) -> B
             services::hostname(ctx.mesh, namespace, r.name)
         )
     };
+    // The backend port's name and appProtocol decide what the waypoint speaks to it.
+    let (port_name, app_protocol) = match ctx.store.get(Kind::Service, namespace, r.name) {
+        Some(Object::Service(s)) if error == BackendError::None => s
+            .spec
+            .as_ref()
+            .and_then(|spec| spec.ports.as_ref())
+            .and_then(|ports| {
+                ports
+                    .iter()
+                    .find(|p| u32::try_from(p.port).ok() == Some(port))
+            })
+            .map(|p| {
+                (
+                    p.name.clone().unwrap_or_default(),
+                    p.app_protocol.clone().unwrap_or_default(),
+                )
+            })
+            .unwrap_or_default(),
+        _ => Default::default(),
+    };
     Backend {
         service,
         port,
         weight: 1,
         filters: Vec::new(),
         error: error.into(),
+        app_protocol,
+        port_name,
     }
 }
 

@@ -422,3 +422,38 @@ fn durations_follow_gep_2257() {
         assert_eq!(duration_ms(text), want, "{text}");
     }
 }
+
+#[test]
+fn ports_and_backends_carry_what_decides_the_protocol() {
+    let configs = configs(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: h2, namespace: shop}
+spec: {selector: {app: h2}, ports: [{name: web, port: 8080, appProtocol: kubernetes.io/h2c}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: to-h2, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
+  rules: [{backendRefs: [{name: h2, port: 8080}, {name: v1, port: 8080}]}]
+"#,
+    );
+    let service = echo(&configs[WAYPOINT]);
+    let names: Vec<_> = service
+        .ports
+        .iter()
+        .map(|p| (p.name.as_str(), p.app_protocol.as_str()))
+        .collect();
+    assert_eq!(names, [("http", ""), ("grpc", "")]);
+    let [rule] = rules(&configs[WAYPOINT]) else {
+        panic!("one rule")
+    };
+    let backends: Vec<_> = rule
+        .backends
+        .iter()
+        .map(|b| (b.port_name.as_str(), b.app_protocol.as_str()))
+        .collect();
+    assert_eq!(backends, [("web", "kubernetes.io/h2c"), ("", "")]);
+}

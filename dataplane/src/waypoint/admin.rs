@@ -1,0 +1,149 @@
+//! The waypoint's HTTP endpoints: readiness (15021), metrics (15020) and admin (15000:
+//! `/config_dump` with the routes as applied, `/quitquitquit` for loopback peers).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+use super::Inner;
+use crate::seams::Accepted;
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Endpoint {
+    Readiness,
+    Metrics,
+    Admin,
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+}
+
+/// The routes as applied: every bound Service's ports, each entry in the order matching
+/// tries them, and the entries that could not be compiled.
+fn config_dump(inner: &Inner) -> Value {
+    let table = inner.routes.borrow().clone();
+    let services: Vec<Value> = table
+        .source
+        .services
+        .iter()
+        .map(|s| {
+            let ports: Vec<Value> = s
+                .ports
+                .iter()
+                .map(|p| {
+                    let entries: Vec<Value> = p
+                        .rules
+                        .iter()
+                        .map(|r| {
+                            json!({
+                                "route": format!("{}/{}", r.route_namespace, r.route_name),
+                                "rule": r.rule_index,
+                                "name": r.rule_name,
+                                "consumerNamespace": r.consumer_namespace,
+                                "match": format!("{:?}", r.r#match),
+                                "filters": r.filters.len(),
+                                "backends": r.backends.iter().map(|b| json!({
+                                    "service": b.service, "port": b.port, "weight": b.weight,
+                                    "error": b.error().as_str_name(),
+                                })).collect::<Vec<_>>(),
+                            })
+                        })
+                        .collect();
+                    let protocol = table
+                        .service(&s.key)
+                        .and_then(|b| b.ports.get(&(p.port as u16)))
+                        .map(|r| format!("{:?}", r.protocol));
+                    json!({"port": p.port, "name": p.name, "protocol": protocol, "rules": entries})
+                })
+                .collect();
+            json!({"key": s.key, "vips": s.vips, "ports": ports})
+        })
+        .collect();
+    json!({
+        "waypoint": inner.config.resource_name(),
+        "identity": inner.config.identity().to_string(),
+        "services": services,
+        "errors": table.errors,
+        "pooledHboneConnections": inner.pool.connection_count(),
+    })
+}
+
+fn handle(
+    inner: &Inner,
+    endpoint: Endpoint,
+    peer: IpAddr,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let uri = request.uri();
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "only origin-form request targets are served\n",
+        );
+    }
+    match (endpoint, request.method(), uri.path()) {
+        (Endpoint::Readiness, &Method::GET, "/healthz/ready") => match inner.pending_readiness() {
+            None => text(StatusCode::OK, "ready\n"),
+            Some(pending) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("not ready, pending: {pending}\n"),
+            ),
+        },
+        (Endpoint::Metrics, &Method::GET, "/metrics" | "/stats/prometheus") => {
+            let mut response = text(StatusCode::OK, inner.metrics.encode());
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            response
+        }
+        (Endpoint::Admin, &Method::GET, "/config_dump") => {
+            let mut response = text(
+                StatusCode::OK,
+                serde_json::to_vec_pretty(&config_dump(inner)).unwrap_or_default(),
+            );
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        (Endpoint::Admin, &Method::POST, "/quitquitquit") if peer.to_canonical().is_loopback() => {
+            tracing::info!(%peer, "stop requested through /quitquitquit");
+            inner.quit.send_replace(true);
+            text(StatusCode::OK, "OK\n")
+        }
+        (Endpoint::Admin, &Method::POST, "/quitquitquit") => text(
+            StatusCode::FORBIDDEN,
+            "only loopback peers may stop the proxy\n",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Serves one HTTP/1.1 connection on an admin-type listener.
+pub(crate) async fn serve(inner: Arc<Inner>, endpoint: Endpoint, accepted: Accepted) {
+    let peer = accepted.peer.ip();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let response = handle(&inner, endpoint, peer, &request);
+        async move { Ok::<_, std::convert::Infallible>(response) }
+    });
+    let io = TokioIo::new(accepted.stream);
+    if let Err(err) = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .serve_connection(io, service)
+        .await
+    {
+        tracing::debug!(peer = %accepted.peer, %err, "admin connection ended with an error");
+    }
+}

@@ -1,0 +1,192 @@
+//! HBONE into the waypoint (15008): mTLS with the waypoint's identity, a CONNECT whose
+//! authority is the original destination, then HTTP served on the tunnelled stream (or the
+//! bytes passed through for a port that does not speak HTTP).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tracing::Instrument;
+
+use super::Inner;
+use super::access_log::RequestLog;
+use super::proxy::{self, Destination, Downstream};
+use super::routes::Protocol;
+use super::upstream::{self, Target};
+use crate::hbone::{self, H2Io, IncomingConnect, ServerOptions, TraceParent};
+use crate::seams::Accepted;
+
+/// Serves one accepted connection on 15008.
+pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
+    let Accepted {
+        stream,
+        peer,
+        destination,
+    } = accepted;
+    let identity = inner.config.identity();
+    let tls = match inner.certificates.server_config(&identity).await {
+        Ok(tls) => tls,
+        Err(err) => {
+            tracing::warn!(src.addr = %peer, dst.addr = %destination, direction = "inbound", error = %err, "connection failed");
+            return;
+        }
+    };
+    let options = ServerOptions {
+        handshake_timeout: inner.config.mesh.handshake_timeout,
+        drain: inner.drain.clone(),
+        drain_deadline: inner.config.mesh.drain_deadline,
+    };
+    let handler_inner = inner.clone();
+    let handler = move |incoming: IncomingConnect| {
+        let inner = handler_inner.clone();
+        async move {
+            let trace = incoming
+                .request
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(TraceParent::parse)
+                .unwrap_or_else(|| TraceParent::generate(&inner.seams.entropy));
+            let span = tracing::info_span!("waypoint", id = %trace);
+            handle_connect(inner, incoming).instrument(span).await
+        }
+    };
+    if let Err(err) =
+        hbone::serve_connection(stream, peer, destination, tls, options, handler).await
+    {
+        tracing::warn!(src.addr = %peer, dst.addr = %destination, direction = "inbound", error = %err, "connection failed");
+    }
+}
+
+/// Where the authority points, and what is spoken there.
+fn resolve(inner: &Inner, authority: SocketAddr) -> Option<(Destination, Protocol)> {
+    let table = inner.routes.borrow().clone();
+    if let Some(service) = table.service_by_vip(authority.ip()) {
+        let protocol = service
+            .ports
+            .get(&authority.port())
+            .map_or(Protocol::Tcp, |p| p.protocol);
+        return Some((Destination::Service(service.clone()), protocol));
+    }
+    let workload = inner
+        .state
+        .read(|s| s.workload_by_ip(&inner.config.mesh.network, authority.ip()))?;
+    Some((Destination::Workload(workload), Protocol::Tcp))
+}
+
+async fn handle_connect(inner: Arc<Inner>, incoming: IncomingConnect) {
+    let request = incoming.request.clone();
+    let refuse = |incoming: IncomingConnect, status: StatusCode, reason: &str| {
+        tracing::warn!(src.addr = %request.peer, dst.hbone_addr = %request.authority, direction = "inbound", status = status.as_u16(), error = %reason, "connection failed");
+        incoming.refuse(status);
+    };
+    let Ok(authority) = request.authority.parse::<SocketAddr>() else {
+        return refuse(
+            incoming,
+            StatusCode::BAD_REQUEST,
+            "authority is not ip:port",
+        );
+    };
+    let authority = SocketAddr::new(authority.ip().to_canonical(), authority.port());
+    let Some((destination, protocol)) = resolve(&inner, authority) else {
+        return refuse(
+            incoming,
+            StatusCode::BAD_REQUEST,
+            "authority is neither a Service bound to this waypoint nor a known workload",
+        );
+    };
+    let source = inner
+        .state
+        .read(|s| s.workload_by_ip(&inner.config.mesh.network, request.peer.ip()));
+    let downstream = Arc::new(Downstream {
+        peer: request.peer,
+        identity: request.peer_identity.clone(),
+        source,
+        authority,
+        destination,
+        protocol,
+    });
+    let stream = match incoming.accept(HeaderMap::new()) {
+        Ok(s) => H2Io::new(s),
+        Err(err) => return tracing::debug!(%err, "peer went away before the 200"),
+    };
+    match protocol {
+        Protocol::Tcp => passthrough(&inner, &downstream, stream).await,
+        Protocol::Http1 | Protocol::Http2 => serve_http(inner, downstream, stream).await,
+    }
+}
+
+/// Serves HTTP on the tunnelled stream, each request through [`proxy::handle`].
+async fn serve_http(inner: Arc<Inner>, downstream: Arc<Downstream>, stream: H2Io) {
+    let io = TokioIo::new(stream);
+    let service_inner = inner.clone();
+    let service_downstream = downstream.clone();
+    let service =
+        hyper::service::service_fn(move |request| {
+            let future: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(
+                serve_request(service_inner.clone(), service_downstream.clone(), request),
+            );
+            future
+        });
+    let result = match downstream.protocol {
+        Protocol::Http2 => {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .serve_connection(io, service)
+                .await
+        }
+        _ => {
+            hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(inner.config.mesh.handshake_timeout)
+                .serve_connection(io, service)
+                .with_upgrades()
+                .await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(src.addr = %downstream.peer, %err, "HTTP connection ended with an error");
+    }
+}
+
+/// One request: routed, answered, logged and counted.
+async fn serve_request(
+    inner: Arc<Inner>,
+    downstream: Arc<Downstream>,
+    request: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<proxy::Body>, std::convert::Infallible> {
+    let started = tokio::time::Instant::now();
+    let log = RequestLog::begin(&request);
+    let (response, handled) = proxy::handle(inner.clone(), downstream.clone(), request).await;
+    log.finish(&inner, &downstream, &response, &handled, started.elapsed());
+    Ok(response)
+}
+
+/// A port that does not speak HTTP: the bytes go to the addressed Service or workload.
+async fn passthrough(inner: &Arc<Inner>, downstream: &Downstream, stream: H2Io) {
+    let target = match &downstream.destination {
+        Destination::Service(s) => upstream::choose(inner, &s.key, downstream.authority.port()),
+        Destination::Workload(w) => Ok(Target {
+            endpoint: w.clone(),
+            port: downstream.authority.port(),
+            service: None,
+        }),
+    };
+    let result = match target {
+        Ok(target) => match upstream::open_stream(inner, &target).await {
+            Ok(mut up) => {
+                let mut down = stream;
+                tokio::io::copy_bidirectional(&mut down, &mut up)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Err(err) => Err(err.to_string()),
+        },
+        Err(err) => Err(err.to_string()),
+    };
+    if let Err(error) = result {
+        tracing::warn!(src.addr = %downstream.peer, dst.hbone_addr = %downstream.authority, %error, "TCP passthrough failed");
+    }
+}

@@ -1,0 +1,274 @@
+//! The waypoint: the L7 proxy. [`run`] is what the binary and the simulator call.
+//!
+//! It terminates HBONE on 15008 (the CONNECT authority is the original destination: a
+//! Service VIP:port or a pod IP:port), serves HTTP/1.1 or HTTP/2 on the tunnelled stream as
+//! the Service port's protocol says, routes each request by the Gateway API routes the
+//! control plane resolved into its [`RouteTable`], and sends it on over HBONE, with its own
+//! identity, to the chosen backend's endpoint through that endpoint's ztunnel. Readiness
+//! (15021), metrics (15020) and admin (15000) are served as the ztunnel serves them.
+
+mod access_log;
+mod admin;
+mod config;
+mod filters;
+mod forward;
+mod inbound;
+mod metrics;
+mod proxy;
+pub mod routes;
+mod upstream;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::hbone::Pool;
+use crate::seams::{Accepted, Listener, Seams};
+use crate::state::StateHandle;
+use crate::xds::proto::ambient::waypoint::WaypointConfig;
+use crate::ztunnel::{CertificateManager, CertificateProvider, StartError};
+
+pub use config::{Config, Ports};
+pub use metrics::Metrics;
+pub use routes::RouteTable;
+
+/// State shared by every task of one waypoint.
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) seams: Seams,
+    /// Workloads and Services, to resolve backends to endpoints.
+    pub(crate) state: StateHandle,
+    pub(crate) routes: watch::Sender<Arc<RouteTable>>,
+    pub(crate) certificates: CertificateManager,
+    pub(crate) pool: Pool,
+    pub(crate) metrics: Metrics,
+    pub(crate) drain: watch::Receiver<bool>,
+    pub(crate) ready: AtomicBool,
+    /// A configuration has arrived (from xDS, or handed in).
+    pub(crate) configured: AtomicBool,
+    pub(crate) quit: watch::Sender<bool>,
+}
+
+impl Inner {
+    /// What readiness still waits for, or `None` when ready.
+    pub(crate) fn pending_readiness(&self) -> Option<&'static str> {
+        if !self.ready.load(Ordering::Acquire) {
+            Some("startup")
+        } else if !self.configured.load(Ordering::Acquire) {
+            Some("waypoint configuration")
+        } else {
+            None
+        }
+    }
+}
+
+/// The addresses a running waypoint listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    pub inbound: SocketAddr,
+    pub readiness: SocketAddr,
+    pub metrics: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// A running waypoint.
+pub struct Waypoint {
+    inner: Arc<Inner>,
+    addresses: Addresses,
+    drain: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn spawn_accept_loop<F, Fut>(
+    listener: Box<dyn Listener>,
+    mut stop: watch::Receiver<bool>,
+    handler: F,
+) -> JoinHandle<()>
+where
+    F: Fn(Accepted) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        let local = listener.local_addr();
+        loop {
+            tokio::select! {
+                biased;
+                () = crate::ztunnel::signalled(&mut stop) => return,
+                incoming = listener.accept() => match incoming {
+                    Ok(incoming) => {
+                        let handler = handler.clone();
+                        tokio::spawn(async move {
+                            match incoming.await {
+                                Ok(accepted) => handler(accepted).await,
+                                Err(err) => tracing::warn!(%local, %err, "accepted connection lost before it was resolved"),
+                            }
+                        });
+                    }
+                    Err(err) => {
+                        tracing::warn!(%local, %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+            }
+        }
+    })
+}
+
+/// Starts a waypoint: binds its listeners and fetches its certificate. It routes once a
+/// configuration arrives ([`Waypoint::configure`], or xDS when `XDS_ADDRESS` is set), and is
+/// ready from then on.
+pub async fn run(
+    config: Config,
+    seams: Seams,
+    state: StateHandle,
+    certificates: Arc<dyn CertificateProvider>,
+) -> Result<Waypoint, StartError> {
+    let ip = config.listen_ip();
+    let admin_ip = match ip {
+        ip if ip.is_loopback() => ip,
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    let network = seams.network.clone();
+    let bind = |listener: &'static str, ip: IpAddr, port: u16| {
+        let network = network.clone();
+        async move {
+            let address = SocketAddr::new(ip, port);
+            network
+                .bind(address)
+                .await
+                .map_err(|source| StartError::Bind {
+                    listener,
+                    address,
+                    source,
+                })
+        }
+    };
+    let ports = config.ports;
+    let inbound_l = bind("inbound HBONE", ip, ports.inbound).await?;
+    let readiness_l = bind("readiness", ip, ports.readiness).await?;
+    let metrics_l = bind("metrics", ip, ports.metrics).await?;
+    let admin_l = bind("admin", admin_ip, ports.admin).await?;
+    let addresses = Addresses {
+        inbound: inbound_l.local_addr(),
+        readiness: readiness_l.local_addr(),
+        metrics: metrics_l.local_addr(),
+        admin: admin_l.local_addr(),
+    };
+    let (drain_tx, drain) = watch::channel(false);
+    let inner = Arc::new(Inner {
+        certificates: CertificateManager::new(certificates, seams.clock.clone()),
+        config,
+        seams,
+        state,
+        routes: watch::Sender::new(Arc::new(RouteTable::default())),
+        pool: Pool::new(),
+        metrics: Metrics::default(),
+        drain,
+        ready: AtomicBool::new(false),
+        configured: AtomicBool::new(false),
+        quit: watch::Sender::new(false),
+    });
+    let mut tasks = Vec::new();
+    let i = inner.clone();
+    tasks.push(spawn_accept_loop(
+        inbound_l,
+        inner.drain.clone(),
+        move |a| inbound::serve(i.clone(), a),
+    ));
+    let (_never, stay_up) = watch::channel(false);
+    for (l, endpoint) in [
+        (readiness_l, admin::Endpoint::Readiness),
+        (metrics_l, admin::Endpoint::Metrics),
+        (admin_l, admin::Endpoint::Admin),
+    ] {
+        let i = inner.clone();
+        tasks.push(spawn_accept_loop(l, stay_up.clone(), move |a| {
+            admin::serve(i.clone(), endpoint, a)
+        }));
+    }
+    tasks.push(tokio::spawn(async move {
+        // Keeps the HTTP endpoints' stop signal open for as long as the waypoint runs.
+        let _never = _never;
+        std::future::pending::<()>().await
+    }));
+    let identity = inner.config.identity();
+    if let Err(err) = inner.certificates.certificate(&identity).await {
+        tracing::warn!(%identity, %err, "certificate prefetch failed");
+    }
+    inner.ready.store(true, Ordering::Release);
+    tracing::info!(
+        inbound = %addresses.inbound,
+        admin = %addresses.admin,
+        waypoint = %inner.config.resource_name(),
+        %identity,
+        "waypoint started"
+    );
+    Ok(Waypoint {
+        inner,
+        addresses,
+        drain: drain_tx,
+        tasks,
+    })
+}
+
+impl Waypoint {
+    pub fn addresses(&self) -> Addresses {
+        self.addresses
+    }
+
+    /// Applies a new configuration: requests that start from now on route by it.
+    pub fn configure(&self, config: WaypointConfig) {
+        configure(&self.inner, config);
+    }
+
+    /// The state (workloads and Services) backends are resolved from.
+    pub fn state(&self) -> &StateHandle {
+        &self.inner.state
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Whether `/healthz/ready` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.inner.pending_readiness().is_none()
+    }
+
+    /// Resolves when `/quitquitquit` is called.
+    pub async fn quit_requested(&self) {
+        let mut quit = self.inner.quit.subscribe();
+        let _ = quit.wait_for(|q| *q).await;
+    }
+
+    /// Graceful drain: stop accepting, GOAWAY on every HBONE connection, give requests in
+    /// flight the drain deadline, then stop.
+    pub async fn shutdown(self) {
+        tracing::info!(deadline = ?self.inner.config.mesh.drain_deadline, "waypoint draining");
+        self.inner.ready.store(false, Ordering::Release);
+        self.drain.send_replace(true);
+        self.inner.pool.clear();
+        tokio::time::sleep(self.inner.config.mesh.drain_deadline).await;
+        for task in &self.tasks {
+            task.abort();
+        }
+        tracing::info!("waypoint stopped");
+    }
+}
+
+/// Compiles `config` and swaps it in; entries that could not be compiled are logged (they
+/// answer 500 when chosen, never skipped).
+pub(crate) fn configure(inner: &Inner, config: WaypointConfig) {
+    let table = RouteTable::build(config);
+    for error in &table.errors {
+        tracing::warn!(%error, "route entry cannot be applied; matching requests get 500");
+    }
+    inner.routes.send_replace(Arc::new(table));
+    inner.configured.store(true, Ordering::Release);
+}

@@ -1,0 +1,414 @@
+//! The waypoint on loopback: a client's request through its ztunnel to the waypoint, routed
+//! by HTTPRoute entries, and on to the chosen backend through the backend's ztunnel.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dataplane::seams::{Clock, Seams};
+use dataplane::waypoint::{self, Waypoint};
+use dataplane::xds::proto::ambient::waypoint as pb;
+use dataplane::ztunnel::{LocalCaProvider, Ztunnel};
+use http_body_util::{BodyExt, Empty};
+use tokio::net::TcpStream;
+
+use super::common::*;
+
+/// Echo's HTTP port behind each backend.
+const HTTP_PORT: u16 = 8080;
+
+/// Local config: web-0 (.2, node-a); echo-v1 (.3, node-b) and echo-v2 (.5, node-c) behind
+/// Services `echo` (VIP .100, bound to the waypoint) and `echo-v2` (.102); the waypoint
+/// wp-0 at .4 behind Service `waypoint` (.101).
+fn topology(net: [u8; 3]) -> String {
+    let ip = |h| ip(net, h);
+    format!(
+        r#"
+workloads:
+- {{uid: web-0, name: web-0, namespace: shop, serviceAccount: web, trustDomain: cluster.local,
+   workloadIps: ["{web}"], protocol: HBONE, node: node-a, workloadName: web, canonicalName: web}}
+- {{uid: echo-v1-0, name: echo-v1-0, namespace: shop, serviceAccount: echo,
+   trustDomain: cluster.local, workloadIps: ["{v1}"], protocol: HBONE, node: node-b,
+   workloadName: echo-v1, canonicalName: echo,
+   services: {{"shop/echo.shop.svc.cluster.local": {{80: {HTTP_PORT}}}}}}}
+- {{uid: echo-v2-0, name: echo-v2-0, namespace: shop, serviceAccount: echo,
+   trustDomain: cluster.local, workloadIps: ["{v2}"], protocol: HBONE, node: node-c,
+   workloadName: echo-v2, canonicalName: echo,
+   services: {{"shop/echo-v2.shop.svc.cluster.local": {{80: {HTTP_PORT}}}}}}}
+- {{uid: wp-0, name: wp-0, namespace: shop, serviceAccount: waypoint,
+   trustDomain: cluster.local, workloadIps: ["{wp}"], protocol: HBONE, node: node-b,
+   services: {{"shop/waypoint.shop.svc.cluster.local": {{15008: 15008}}}}}}
+services:
+- {{name: echo, namespace: shop, hostname: echo.shop.svc.cluster.local, vips: ["/{vip}"],
+   ports: {{80: {HTTP_PORT}}},
+   waypoint: {{destination: "shop/waypoint.shop.svc.cluster.local", hboneMtlsPort: 15008}}}}
+- {{name: echo-v2, namespace: shop, hostname: echo-v2.shop.svc.cluster.local,
+   vips: ["/{vip2}"], ports: {{80: {HTTP_PORT}}}}}
+- {{name: waypoint, namespace: shop, hostname: waypoint.shop.svc.cluster.local,
+   vips: ["/{wpvip}"], ports: {{15008: 15008}}}}
+"#,
+        web = ip(2),
+        v1 = ip(3),
+        wp = ip(4),
+        v2 = ip(5),
+        vip = ip(100),
+        wpvip = ip(101),
+        vip2 = ip(102),
+    )
+}
+
+/// An HTTP/1.1 echo on `addr` answering `pod=<name> method=… path=… host=…` and one line per
+/// request header, so tests can see what the backend received.
+async fn http_echo(addr: SocketAddr, pod: &'static str) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| async move {
+                        let mut body = format!(
+                            "pod={pod}\nmethod={}\npath={}\n",
+                            req.method(),
+                            req.uri().path_and_query().map_or("/", |p| p.as_str())
+                        );
+                        for (name, value) in req.headers() {
+                            body.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
+                        }
+                        let status = req
+                            .uri()
+                            .path()
+                            .strip_prefix("/status/")
+                            .and_then(|s| s.parse::<u16>().ok())
+                            .unwrap_or(200);
+                        let response = http::Response::builder()
+                            .status(status)
+                            .header("x-backend", pod)
+                            .body(http_body_util::Full::new(Bytes::from(body)))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(response)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+struct Mesh {
+    net: [u8; 3],
+    a: Ztunnel,
+    _b: Ztunnel,
+    _c: Ztunnel,
+    waypoint: Waypoint,
+}
+
+impl Mesh {
+    async fn start() -> Mesh {
+        capture_logs();
+        let net = subnet();
+        let yaml = topology(net);
+        let ca = new_ca();
+        let clock: Arc<dyn Clock> = Arc::new(manual_clock());
+        let a = start("node-a", ip(net, 2), state(&yaml), &ca, clock.clone()).await;
+        let b = start("node-b", ip(net, 3), state(&yaml), &ca, clock.clone()).await;
+        let c = start("node-c", ip(net, 5), state(&yaml), &ca, clock.clone()).await;
+        http_echo(SocketAddr::new(ip(net, 3), HTTP_PORT), "echo-v1-0").await;
+        http_echo(SocketAddr::new(ip(net, 5), HTTP_PORT), "echo-v2-0").await;
+        let mut config = waypoint::Config {
+            gateway_namespace: "shop".into(),
+            gateway_name: "waypoint".into(),
+            service_account: "waypoint".into(),
+            ..waypoint::Config::default()
+        };
+        config.mesh.listen_ip = ip(net, 4);
+        config.mesh.drain_deadline = Duration::from_millis(200);
+        let local = dataplane::identity::LocalCa::from_pem(&ca.root_pem(), ca.key_pem()).unwrap();
+        let provider = Arc::new(LocalCaProvider::new(
+            local,
+            config.mesh.certificate_ttl,
+            clock.clone(),
+        ));
+        let seams = Seams {
+            clock,
+            ..Seams::real(7)
+        };
+        let waypoint = waypoint::run(config, seams, state(&yaml), provider)
+            .await
+            .unwrap();
+        Mesh {
+            net,
+            a,
+            _b: b,
+            _c: c,
+            waypoint,
+        }
+    }
+
+    fn service(&self, rules: Vec<pb::RouteRule>) -> pb::WaypointConfig {
+        pb::WaypointConfig {
+            namespace: "shop".into(),
+            name: "waypoint".into(),
+            services: vec![pb::BoundService {
+                key: "shop/echo.shop.svc.cluster.local".into(),
+                namespace: "shop".into(),
+                name: "echo".into(),
+                hostname: "echo.shop.svc.cluster.local".into(),
+                vips: vec![ip(self.net, 100).to_string()],
+                ports: vec![pb::ServicePort {
+                    port: 80,
+                    target_port: u32::from(HTTP_PORT),
+                    name: "http".into(),
+                    kind: if rules.is_empty() {
+                        pb::RouteKind::None
+                    } else {
+                        pb::RouteKind::Http
+                    }
+                    .into(),
+                    rules,
+                    app_protocol: String::new(),
+                }],
+                policies: Vec::new(),
+            }],
+            policies: Vec::new(),
+        }
+    }
+
+    /// One request from web through node-a's SOCKS5 to echo's VIP: status, headers, body.
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, http::HeaderMap, String) {
+        self.request("GET", path, headers).await
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, http::HeaderMap, String) {
+        let vip = SocketAddr::new(ip(self.net, 100), 80);
+        let (code, stream) = socks5(self.a.addresses().socks5.unwrap(), ip(self.net, 2), vip).await;
+        assert_eq!(code, 0, "SOCKS5 to the echo VIP");
+        let stream: TcpStream = stream.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "echo.shop.svc.cluster.local");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            send.send_request(request.body(Empty::<Bytes>::new()).unwrap()),
+        )
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+fn backend(service: &str, weight: u32) -> pb::Backend {
+    pb::Backend {
+        service: format!("shop/{service}.shop.svc.cluster.local"),
+        port: 80,
+        weight,
+        ..pb::Backend::default()
+    }
+}
+
+fn prefix(path: &str) -> Option<pb::route_rule::Match> {
+    Some(pb::route_rule::Match::Http(pb::HttpMatch {
+        path: Some(pb::PathMatch {
+            r#type: pb::MatchType::Prefix.into(),
+            value: path.into(),
+        }),
+        ..pb::HttpMatch::default()
+    }))
+}
+
+fn rule(name: &str, m: Option<pb::route_rule::Match>, backends: Vec<pb::Backend>) -> pb::RouteRule {
+    pb::RouteRule {
+        kind: pb::RouteKind::Http.into(),
+        route_namespace: "shop".into(),
+        route_name: "echo-route".into(),
+        rule_name: name.into(),
+        r#match: m,
+        backends,
+        ..pb::RouteRule::default()
+    }
+}
+
+#[tokio::test]
+async fn without_routes_requests_reach_the_service_and_the_backend_sees_the_waypoint() {
+    let mesh = Mesh::start().await;
+    assert!(
+        !mesh.waypoint.is_ready(),
+        "not ready before a configuration"
+    );
+    mesh.waypoint.configure(mesh.service(Vec::new()));
+    assert!(mesh.waypoint.is_ready());
+    let (status, headers, body) = mesh.get("/hello?x=1", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-backend"], "echo-v1-0");
+    assert!(body.contains("path=/hello?x=1"), "{body}");
+    assert!(body.contains("host: echo.shop.svc.cluster.local"), "{body}");
+    // node-b's ztunnel saw the waypoint's identity, never the client's
+    let line = log_line(&[
+        "direction=\"inbound\"",
+        &format!("src.addr={}:", ip(mesh.net, 4)),
+    ])
+    .await;
+    assert!(
+        line.contains("src.identity=\"spiffe://cluster.local/ns/shop/sa/waypoint\""),
+        "{line}"
+    );
+    // the waypoint counted the request with upstream's labels
+    let metrics = mesh.waypoint.metrics().encode();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("istio_requests_total{reporter=\"waypoint\"")
+                && l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/web\"")
+                && l.contains("destination_service=\"echo.shop.svc.cluster.local\"")
+                && l.contains("response_code=\"200\"")
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn routes_pick_backends_by_path_and_answer_404_when_nothing_matches() {
+    let mesh = Mesh::start().await;
+    mesh.waypoint.configure(mesh.service(vec![
+        rule("v2", prefix("/v2"), vec![backend("echo-v2", 1)]),
+        rule("v1", prefix("/v1"), vec![backend("echo", 1)]),
+    ]));
+    let (status, headers, _) = mesh.get("/v2/items", &[]).await;
+    assert_eq!(
+        (status, &headers["x-backend"]),
+        (200, &"echo-v2-0".parse().unwrap())
+    );
+    let (status, headers, _) = mesh.get("/v1", &[]).await;
+    assert_eq!(
+        (status, &headers["x-backend"]),
+        (200, &"echo-v1-0".parse().unwrap())
+    );
+    // segment-wise: /v2example is not under /v2
+    let (status, _, _) = mesh.get("/v2example", &[]).await;
+    assert_eq!(status, 404);
+    log_line(&["path=\"/v2example\"", "status=404", "response_flags=NR"]).await;
+}
+
+#[tokio::test]
+async fn filters_modify_headers_redirect_and_invalid_backends_answer_500() {
+    let mesh = Mesh::start().await;
+    let mut modify = rule("modify", prefix("/modify"), vec![backend("echo", 1)]);
+    modify.filters = vec![
+        pb::Filter {
+            kind: Some(pb::filter::Kind::RequestHeaderModifier(
+                pb::HeaderModifier {
+                    set: vec![pb::Header {
+                        name: "x-set".into(),
+                        value: "set-value".into(),
+                    }],
+                    add: vec![pb::Header {
+                        name: "x-add".into(),
+                        value: "added".into(),
+                    }],
+                    remove: vec!["x-remove".into()],
+                },
+            )),
+        },
+        pb::Filter {
+            kind: Some(pb::filter::Kind::ResponseHeaderModifier(
+                pb::HeaderModifier {
+                    set: vec![pb::Header {
+                        name: "x-backend".into(),
+                        value: "rewritten".into(),
+                    }],
+                    ..pb::HeaderModifier::default()
+                },
+            )),
+        },
+    ];
+    let mut redirect = rule("redirect", prefix("/old"), Vec::new());
+    redirect.filters = vec![pb::Filter {
+        kind: Some(pb::filter::Kind::RequestRedirect(pb::RequestRedirect {
+            hostname: "example.org".into(),
+            status_code: 301,
+            ..pb::RequestRedirect::default()
+        })),
+    }];
+    let mut invalid = backend("missing", 1);
+    invalid.error = pb::BackendError::NotFound.into();
+    mesh.waypoint.configure(mesh.service(vec![
+        modify,
+        redirect,
+        rule("invalid", prefix("/invalid"), vec![invalid]),
+        rule("none", prefix("/none"), Vec::new()),
+    ]));
+    let (status, headers, body) = mesh
+        .get(
+            "/modify",
+            &[("x-set", "old"), ("x-add", "first"), ("x-remove", "gone")],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("x-set: set-value\n"), "{body}");
+    assert!(!body.contains("x-set: old"), "{body}");
+    assert!(body.contains("x-add: first\nx-add: added\n"), "{body}");
+    assert!(!body.contains("x-remove"), "{body}");
+    assert_eq!(headers["x-backend"], "rewritten");
+
+    let (status, headers, _) = mesh.get("/old/page?q=1", &[]).await;
+    assert_eq!(status, 301);
+    assert_eq!(headers["location"], "http://example.org/old/page?q=1");
+
+    let (status, _, _) = mesh.get("/invalid", &[]).await;
+    assert_eq!(status, 500);
+    let (status, _, _) = mesh.get("/none", &[]).await;
+    assert_eq!(status, 500);
+}
+
+#[tokio::test]
+async fn weights_split_traffic_and_weight_zero_gets_nothing() {
+    let mesh = Mesh::start().await;
+    mesh.waypoint.configure(mesh.service(vec![rule(
+        "split",
+        None,
+        vec![backend("echo", 0), backend("echo-v2", 1)],
+    )]));
+    for _ in 0..10 {
+        let (status, headers, _) = mesh.get("/", &[]).await;
+        assert_eq!(
+            (status, &headers["x-backend"]),
+            (200, &"echo-v2-0".parse().unwrap())
+        );
+    }
+    mesh.waypoint.configure(mesh.service(vec![rule(
+        "split",
+        None,
+        vec![backend("echo", 1), backend("echo-v2", 1)],
+    )]));
+    let mut v1 = 0;
+    for _ in 0..40 {
+        let (_, headers, _) = mesh.get("/", &[]).await;
+        if headers["x-backend"] == "echo-v1-0" {
+            v1 += 1;
+        }
+    }
+    // 50/50 over 40 requests: 8..=32 covers far more than 3 standard deviations
+    assert!((8..=32).contains(&v1), "{v1} of 40 to v1");
+}
