@@ -90,6 +90,8 @@ fn store_config(args: &Args) -> anyhow::Result<StoreConfig> {
     let mut config = StoreConfig {
         root_namespace: args.istiod.mesh.root_namespace.clone(),
         require_namespaces: !args.kube,
+        // With a cluster, its own istiod deploys waypoints; from manifests, nothing else will.
+        deploy_waypoints: !args.kube,
         ..StoreConfig::default()
     };
     if let Some(cidr) = &args.service_cidr {
@@ -167,6 +169,21 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `ok: N objects` for the manifests read, then what the store generated from them (waypoint
+/// deployments), so a Deployment nobody wrote is not a surprise later.
+fn check_summary(store: &Store) -> String {
+    let mut line = format!("ok: {} objects", store.len());
+    let generated: Vec<String> = store.generated().map(|o| o.key().to_string()).collect();
+    if !generated.is_empty() {
+        line.push_str(&format!(
+            "; {} generated for waypoints: {}",
+            generated.len(),
+            generated.join(", ")
+        ));
+    }
+    line
+}
+
 fn main() -> anyhow::Result<()> {
     dataplane::logging::init();
     let args = parse_args(std::env::args().skip(1).collect())?;
@@ -175,7 +192,7 @@ fn main() -> anyhow::Result<()> {
             bail!("--check needs --config-dir\n{USAGE}");
         }
         let store = sources::validate(&args.config, store_config(&args)?)?;
-        println!("ok: {} objects", store.len());
+        println!("{}", check_summary(&store));
         return Ok(());
     }
     if let Some(node) = &args.issue_token {

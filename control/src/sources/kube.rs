@@ -51,7 +51,9 @@ where
 
 /// Watches every kind the control plane reads and keeps `store` in step until the streams
 /// end (they do not, short of the client going away). The store should be created with
-/// `require_namespaces: false`: kinds arrive in no particular order.
+/// `require_namespaces: false` (kinds arrive in no particular order) and
+/// `deploy_waypoints: false` (the cluster's istiod creates waypoint deployments, and they
+/// arrive here like any other object).
 pub async fn run(client: kube::Client, store: Arc<Mutex<Store>>, mut report: impl FnMut(Report)) {
     let streams: Vec<Events> = vec![
         watch(&client, Kind::Namespace, Object::Namespace),
@@ -110,8 +112,11 @@ pub async fn run(client: kube::Client, store: Arc<Mutex<Store>>, mut report: imp
                     .position(|(k, _)| *k == kind)
                     .map(|i| relisting.swap_remove(i).1)
                     .unwrap_or_default();
+                // Declared objects only: anything the store generated is not the
+                // watcher's to remove.
                 let gone: Vec<ObjectKey> = store
-                    .of_kind(kind)
+                    .declared()
+                    .filter(|o| o.kind() == kind)
                     .map(Object::key)
                     .filter(|key| !seen.contains(key))
                     .collect();

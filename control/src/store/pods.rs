@@ -1,5 +1,6 @@
-//! Pods as the mesh sees them: Pod objects and the pods Deployments would create, each with
-//! the node and IPs the scheduler gave it (or it stated).
+//! Pods as the mesh sees them: Pod objects and the pods Deployments would create (declared
+//! Deployments and the ones the store generated for waypoints alike), each with the node and
+//! IPs the scheduler gave it (or it stated).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -14,7 +14,7 @@ use dataplane::policy::Cidr;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 
 use super::pods;
-use crate::sources::{Object, ObjectKey};
+use crate::sources::Object;
 
 /// Where one pod runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,9 +139,9 @@ fn stated(pod: &Pod) -> (Option<String>, Vec<IpAddr>) {
     (node, ips)
 }
 
-fn wanted_pods(objects: &BTreeMap<ObjectKey, Object>) -> BTreeMap<(String, String), Wanted> {
+fn wanted_pods(objects: &[&Object]) -> BTreeMap<(String, String), Wanted> {
     let mut wanted = BTreeMap::new();
-    for object in objects.values() {
+    for object in objects {
         if let Object::Pod(pod) = object {
             let (node, ips) = stated(pod);
             let (ns, name) = (object.namespace().to_string(), object.name().to_string());
@@ -155,7 +155,7 @@ fn wanted_pods(objects: &BTreeMap<ObjectKey, Object>) -> BTreeMap<(String, Strin
             );
         }
     }
-    for object in objects.values() {
+    for object in objects {
         if let Object::Deployment(deployment) = object {
             let ns = object.namespace();
             for (index, name) in pods::deployment_pod_names(deployment) {
@@ -174,9 +174,10 @@ fn wanted_pods(objects: &BTreeMap<ObjectKey, Object>) -> BTreeMap<(String, Strin
 }
 
 impl Schedule {
-    /// Brings the decisions in line with `objects`: forgets pods and services that are gone or
-    /// whose placement is no longer valid, keeps the rest, and places the new ones.
-    pub(crate) fn reconcile(&mut self, objects: &BTreeMap<ObjectKey, Object>, service_cidr: &Cidr) {
+    /// Brings the decisions in line with `objects` (every object, declared and generated, in
+    /// key order): forgets pods and services that are gone or whose placement is no longer
+    /// valid, keeps the rest, and places the new ones.
+    pub(crate) fn reconcile(&mut self, objects: &[&Object], service_cidr: &Cidr) {
         self.reconcile_pods(objects);
         self.reconcile_services(objects, service_cidr);
     }
@@ -192,9 +193,9 @@ impl Schedule {
             .copied()
     }
 
-    fn reconcile_pods(&mut self, objects: &BTreeMap<ObjectKey, Object>) {
+    fn reconcile_pods(&mut self, objects: &[&Object]) {
         let nodes: BTreeMap<String, Option<Cidr>> = objects
-            .values()
+            .iter()
             .filter_map(|o| match o {
                 Object::Node(node) => Some((o.name().to_string(), node_cidr(node))),
                 _ => None,
@@ -284,10 +285,10 @@ impl Schedule {
         }
     }
 
-    fn reconcile_services(&mut self, objects: &BTreeMap<ObjectKey, Object>, cidr: &Cidr) {
+    fn reconcile_services(&mut self, objects: &[&Object], cidr: &Cidr) {
         let mut stated: BTreeSet<IpAddr> = BTreeSet::new();
         let mut needing: Vec<(String, String)> = Vec::new();
-        for object in objects.values() {
+        for object in objects {
             if let Object::Service(service) = object {
                 match stated_cluster_ips(service) {
                     ClusterIps::Stated(ips) => stated.extend(ips),

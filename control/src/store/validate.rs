@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use dataplane::policy::Cidr;
+use gateway_api::gateways::Gateway;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 
 use super::{Store, StoreError};
@@ -81,6 +82,7 @@ pub(super) fn object(object: &Object, store: &Store) -> Result<(), StoreError> {
             Some(r) if r < 0 => Err(check.fail("spec.replicas", "must not be negative")),
             _ => Ok(()),
         },
+        Object::Gateway(gateway) => self::gateway(&check, gateway),
         _ => Ok(()),
     }
 }
@@ -170,6 +172,20 @@ fn service(check: &Check<'_>, service: &Service) -> Result<(), StoreError> {
             return Err(check.fail(
                 format!("spec.ports[{i}].port"),
                 format!("invalid port {}: must be 1..65535", port.port),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Listener ports, as the Gateway CRD's schema bounds them: a waypoint's become its Service's
+/// ports.
+fn gateway(check: &Check<'_>, gateway: &Gateway) -> Result<(), StoreError> {
+    for (i, listener) in gateway.spec.listeners.iter().enumerate() {
+        if u16::try_from(listener.port).map_or(true, |p| p == 0) {
+            return Err(check.fail(
+                format!("spec.listeners[{i}].port"),
+                format!("invalid port {}: must be 1..65535", listener.port),
             ));
         }
     }

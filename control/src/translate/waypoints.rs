@@ -9,7 +9,8 @@
 //! (traffic goes direct, as upstream does for a bogus or unready waypoint).
 //!
 //! Readiness is not checked: without a real cluster nothing writes the Gateway's status, and
-//! deploying the waypoint is the control plane's own job.
+//! deploying the waypoint is the control plane's own job (the store plays that part from
+//! manifests: `store::waypoints`).
 
 use std::collections::BTreeMap;
 

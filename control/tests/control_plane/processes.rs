@@ -283,3 +283,22 @@ async fn check_names_the_bad_object_and_field() {
     assert!(stderr.contains("rulez"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn check_counts_the_manifests_and_names_what_it_generated() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/waypoint");
+    let out = Command::new(ISTIOD)
+        .args(["--config-dir", example.to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok: 9 objects; 3 generated for waypoints: ServiceAccount shop/waypoint, \
+         Service shop/waypoint, Deployment shop/waypoint"
+    );
+}

@@ -9,5 +9,6 @@ mod sources;
 mod translate_authorization;
 mod translate_peer_authentication;
 mod waypoint_config;
+mod waypoint_deployment;
 mod waypoints;
 mod workloads;
