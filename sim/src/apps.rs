@@ -13,7 +13,7 @@ use std::time::Duration;
 use dataplane::seams::{Accepted, Network, SimNetwork};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::scenario::{Outcome, Protocol};
+use crate::scenario::{HttpRequest, Outcome, Protocol};
 use crate::wire::{marker, markers_in};
 use crate::world::Shared;
 
@@ -152,8 +152,14 @@ async fn http_echo<S: AsyncRead + AsyncWrite + Unpin>(
         {
             shared.app_received(node, pod, peer, traffic, request);
         }
+        let name = shared
+            .pods
+            .borrow()
+            .get(&pod.ip())
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
         let report = format!(
-            "{}peer: {peer}\ndestination: {pod}\nbody-bytes: {}\n",
+            "{}pod: {name}\npeer: {peer}\ndestination: {pod}\nbody-bytes: {}\n",
             head.trim_end_matches("\r\n").replace("\r\n", "\n") + "\n",
             body.len()
         );
@@ -184,6 +190,8 @@ pub struct Job {
     pub persistent: bool,
     /// The `Host` header for HTTP.
     pub authority: String,
+    /// Method, path and headers for HTTP.
+    pub http: HttpRequest,
 }
 
 /// A client connection.
@@ -196,37 +204,42 @@ pub async fn connect(network: &SimNetwork, job: &Job) -> std::io::Result<Conn> {
         .await
 }
 
-/// One request on `conn`: the outcome, and whether the connection can be used again.
-pub async fn exchange(conn: &mut Conn, job: &Job) -> (Outcome, bool) {
+/// One request on `conn`: the outcome, whether the connection can be used again, and (for
+/// HTTP) the pod that answered, as the echo names it.
+pub async fn exchange(conn: &mut Conn, job: &Job) -> (Outcome, bool, Option<String>) {
     let marker = marker(job.traffic, job.request);
     match job.protocol {
         Protocol::Tcp => {
             let mut payload = format!("{marker} from {} to {}", job.source, job.destination);
             payload.push('\n');
             if conn.write_all(payload.as_bytes()).await.is_err() {
-                return (Outcome::Refused, false);
+                return (Outcome::Refused, false, None);
             }
             let mut back = vec![0u8; payload.len()];
             let mut got = 0;
             while got < back.len() {
                 match conn.read(&mut back[got..]).await {
-                    Ok(0) | Err(_) => return (Outcome::Refused, false),
+                    Ok(0) | Err(_) => return (Outcome::Refused, false, None),
                     Ok(n) => got += n,
                 }
             }
             if back == payload.as_bytes() {
-                (Outcome::Succeed, true)
+                (Outcome::Succeed, true, None)
             } else {
-                (Outcome::Refused, false)
+                (Outcome::Refused, false, None)
             }
         }
         Protocol::Http => {
-            let request = format!(
-                "GET /echo HTTP/1.1\r\nhost: {}\r\nx-sim-request: {marker}\r\ncontent-length: 0\r\n\r\n",
-                job.authority
+            let mut request = format!(
+                "{} {} HTTP/1.1\r\nhost: {}\r\nx-sim-request: {marker}\r\ncontent-length: 0\r\n",
+                job.http.method, job.http.path, job.authority
             );
+            for (name, value) in &job.http.headers {
+                request.push_str(&format!("{name}: {value}\r\n"));
+            }
+            request.push_str("\r\n");
             if conn.write_all(request.as_bytes()).await.is_err() {
-                return (Outcome::Refused, false);
+                return (Outcome::Refused, false, None);
             }
             let mut pending = Vec::new();
             let mut buf = vec![0u8; 4096];
@@ -235,7 +248,7 @@ pub async fn exchange(conn: &mut Conn, job: &Job) -> (Outcome, bool) {
                     break at + 4;
                 }
                 match conn.read(&mut buf).await {
-                    Ok(0) | Err(_) => return (Outcome::Refused, false),
+                    Ok(0) | Err(_) => return (Outcome::Refused, false, None),
                     Ok(n) => pending.extend_from_slice(&buf[..n]),
                 }
             };
@@ -253,14 +266,19 @@ pub async fn exchange(conn: &mut Conn, job: &Job) -> (Outcome, bool) {
                 .unwrap_or(0);
             while pending.len() < head_end + length {
                 match conn.read(&mut buf).await {
-                    Ok(0) | Err(_) => return (Outcome::Refused, false),
+                    Ok(0) | Err(_) => return (Outcome::Refused, false, None),
                     Ok(n) => pending.extend_from_slice(&buf[..n]),
                 }
             }
+            let body = String::from_utf8_lossy(&pending[head_end..head_end + length]);
+            let backend = body
+                .lines()
+                .find_map(|l| l.strip_prefix("pod: "))
+                .map(str::to_string);
             if (200..300).contains(&status) {
-                (Outcome::Succeed, true)
+                (Outcome::Succeed, true, backend)
             } else {
-                (Outcome::Status(status), true)
+                (Outcome::Status(status), true, backend)
             }
         }
     }

@@ -79,10 +79,21 @@ async fn proxy() -> anyhow::Result<()> {
     let proxy = ztunnel::run(config, seams, StateHandle::new(state), certificates).await?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; draining"),
+        _ = terminated() => tracing::info!("SIGTERM; draining"),
         () = proxy.quit_requested() => tracing::info!("/quitquitquit; draining"),
     }
     proxy.shutdown().await;
     Ok(())
+}
+
+/// Resolves on SIGTERM (what Kubernetes sends to stop a pod).
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
 }
 
 /// A seed for load-balancing choices in a real deployment, where replay does not matter.
@@ -93,12 +104,26 @@ fn rand_seed() -> u64 {
         .unwrap_or(1)
 }
 
-fn main() -> anyhow::Result<()> {
-    dataplane::memory::keep_freed_buffers();
-    dataplane::logging::init();
+const USAGE: &str = "\
+usage: ztunnel [proxy | gen-ca DIR [TRUST_DOMAIN] | version | --help]
+
+proxy (the default) runs the node proxy. Settings come from the environment, as upstream's:
+  NODE_NAME                        the node whose workloads this ztunnel serves
+  XDS_ADDRESS, XDS_ROOT_CA         istiod's xDS; or LOCAL_XDS_PATH for a local-config file
+  CA_ADDRESS, CA_ROOT_CA           istiod's CA; or LOCAL_CA_DIR for a local CA
+  AUTH_TOKEN                       the token presented to istiod
+  LISTEN_IP                        the address to listen on (default 0.0.0.0)
+  UNSTABLE_ENABLE_SOCKS5=true      SOCKS5 on 15080
+  CONNECTION_TERMINATION_DEADLINE  how long a drain waits (default 5s)
+gen-ca DIR writes a local root CA (root-cert.pem, ca-key.pem) for LOCAL_CA_DIR.
+";
+
+fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         None | Some("proxy") => {
+            dataplane::memory::keep_freed_buffers();
+            dataplane::logging::init();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -112,10 +137,22 @@ fn main() -> anyhow::Result<()> {
             let td = args.get(2).map(String::as_str).unwrap_or("cluster.local");
             gen_ca(Path::new(dir), td)
         }
-        Some("version") => {
+        Some("-h" | "--help" | "help") => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some("version" | "--version") => {
             println!("ztunnel {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Some(other) => bail!("unknown command {other:?}; expected proxy, gen-ca or version"),
+        Some(other) => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
+
+/// Errors are one clear line (with their causes), never a backtrace.
+fn main() {
+    if let Err(err) = run() {
+        eprintln!("ztunnel: {err:#}");
+        std::process::exit(1);
     }
 }

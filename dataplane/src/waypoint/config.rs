@@ -39,6 +39,10 @@ pub struct Config {
     /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
     pub service_account: String,
     pub ports: Ports,
+    /// The waypoint pod's own address (`INSTANCE_IP`): its outbound connections come from
+    /// it, so destination ztunnels see the waypoint's address. Unset: the listen address,
+    /// when that is not a wildcard.
+    pub pod_ip: Option<IpAddr>,
     /// Whole-request timeout when a route sets none (`REQUEST_TIMEOUT`; unset: none).
     pub default_request_timeout: Option<Duration>,
     /// What the waypoint shares with the ztunnel's settings: listen address, trust domain,
@@ -53,6 +57,7 @@ impl Default for Config {
             gateway_name: "waypoint".into(),
             service_account: "waypoint".into(),
             ports: Ports::default(),
+            pod_ip: None,
             default_request_timeout: None,
             mesh: ztunnel::Config::default(),
         }
@@ -76,6 +81,13 @@ impl Config {
         }
         if let Some(v) = lookup("SERVICE_ACCOUNT") {
             config.service_account = v;
+        }
+        if let Some(v) = lookup("INSTANCE_IP") {
+            config.pod_ip = Some(v.parse().map_err(|_| ConfigError {
+                name: "INSTANCE_IP".into(),
+                value: v.clone(),
+                reason: "not an IP address".into(),
+            })?);
         }
         if let Some(v) = lookup("REQUEST_TIMEOUT") {
             config.default_request_timeout =
@@ -103,6 +115,13 @@ impl Config {
 
     pub fn listen_ip(&self) -> IpAddr {
         self.mesh.listen_ip
+    }
+
+    /// Where the waypoint's outbound connections come from, if anywhere in particular.
+    pub fn source_ip(&self) -> Option<IpAddr> {
+        self.pod_ip
+            .or(Some(self.mesh.listen_ip))
+            .filter(|ip| !ip.is_unspecified())
     }
 }
 

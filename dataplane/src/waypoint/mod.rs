@@ -10,6 +10,7 @@
 mod access_log;
 mod admin;
 mod config;
+mod control_plane;
 mod filters;
 mod forward;
 mod inbound;
@@ -30,7 +31,10 @@ use crate::hbone::Pool;
 use crate::seams::{Accepted, Listener, Seams};
 use crate::state::StateHandle;
 use crate::xds::proto::ambient::waypoint::WaypointConfig;
-use crate::ztunnel::{CertificateManager, CertificateProvider, StartError};
+use crate::ztunnel::{
+    CertificateManager, CertificateProvider, ControlPlaneClient, StartError, XdsMetrics,
+    run_subscriber,
+};
 
 pub use config::{Config, Ports};
 pub use metrics::Metrics;
@@ -50,6 +54,8 @@ pub(crate) struct Inner {
     pub(crate) ready: AtomicBool,
     /// A configuration has arrived (from xDS, or handed in).
     pub(crate) configured: AtomicBool,
+    /// Every subscribed xDS type has been answered (only waited for with `XDS_ADDRESS`).
+    pub(crate) xds_synced: Arc<AtomicBool>,
     pub(crate) quit: watch::Sender<bool>,
 }
 
@@ -58,6 +64,9 @@ impl Inner {
     pub(crate) fn pending_readiness(&self) -> Option<&'static str> {
         if !self.ready.load(Ordering::Acquire) {
             Some("startup")
+        } else if self.config.mesh.xds_address.is_some() && !self.xds_synced.load(Ordering::Acquire)
+        {
+            Some("xDS state")
         } else if !self.configured.load(Ordering::Acquire) {
             Some("waypoint configuration")
         } else {
@@ -172,6 +181,7 @@ pub async fn run(
         drain,
         ready: AtomicBool::new(false),
         configured: AtomicBool::new(false),
+        xds_synced: Arc::new(AtomicBool::new(false)),
         quit: watch::Sender::new(false),
     });
     let mut tasks = Vec::new();
@@ -197,6 +207,23 @@ pub async fn run(
         let _never = _never;
         std::future::pending::<()>().await
     }));
+    if let Some(address) = &inner.config.mesh.xds_address {
+        let client = ControlPlaneClient::new(
+            address,
+            &inner.config.mesh.xds_root_ca,
+            inner.config.mesh.auth_token.clone(),
+            &inner.config.mesh.cluster_id,
+            inner.seams.network.clone(),
+            inner.seams.clock.clone(),
+        )?;
+        let subscriber = control_plane::WaypointSubscriber {
+            inner: inner.clone(),
+        };
+        let synced = inner.xds_synced.clone();
+        tasks.push(tokio::spawn(async move {
+            run_subscriber(&subscriber, client, synced, XdsMetrics::default()).await
+        }));
+    }
     let identity = inner.config.identity();
     if let Err(err) = inner.certificates.certificate(&identity).await {
         tracing::warn!(%identity, %err, "certificate prefetch failed");

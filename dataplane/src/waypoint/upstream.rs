@@ -100,7 +100,7 @@ pub(crate) async fn open_stream(
     };
     let address = SocketAddr::new(ip, target.port);
     if target.endpoint.protocol != TunnelProtocol::Hbone {
-        let source = Some(inner.config.listen_ip()).filter(|ip| !ip.is_unspecified());
+        let source = inner.config.source_ip();
         return inner
             .seams
             .network
@@ -115,7 +115,7 @@ pub(crate) async fn open_stream(
     }
     let next_hop = SocketAddr::new(ip, hbone::HBONE_PORT);
     // From the waypoint's own address, as its pod's traffic would leave it.
-    let source = Some(inner.config.listen_ip()).filter(|ip| !ip.is_unspecified());
+    let source = inner.config.source_ip();
     let key = PoolKey {
         source_identity: identity.clone(),
         expected_identities: expected.clone(),

@@ -32,14 +32,14 @@ impl ResourceVersions {
         self.by_type.get(type_url).cloned().unwrap_or_default()
     }
 
-    fn accept(&mut self, type_url: &str, name: &str, version: &str) {
+    pub(crate) fn accept(&mut self, type_url: &str, name: &str, version: &str) {
         self.by_type
             .entry(type_url.to_string())
             .or_default()
             .insert(name.to_string(), version.to_string());
     }
 
-    fn forget(&mut self, type_url: &str, name: &str) {
+    pub(crate) fn forget(&mut self, type_url: &str, name: &str) {
         if let Some(names) = self.by_type.get_mut(type_url) {
             names.remove(name);
         }

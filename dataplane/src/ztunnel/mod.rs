@@ -37,8 +37,10 @@ pub use certificates::{
 };
 pub use config::{Config, ConfigError, Ports, parse_duration};
 pub use connections::ConnectionTracker;
+pub(crate) use control_plane::node as xds_node;
 pub use control_plane::{
-    AuthToken, CaClient, ControlPlaneClient, ControlPlaneError, Target, run_xds_client,
+    AuthToken, CaClient, ControlPlaneClient, ControlPlaneError, Subscriber, Target, run_subscriber,
+    run_xds_client,
 };
 pub use metrics::{Metrics, XdsMetrics};
 
@@ -403,6 +405,7 @@ impl Ztunnel {
     /// Graceful drain: stop accepting, GOAWAY on HBONE connections, give open connections the
     /// drain deadline to finish, then close whatever is left.
     pub async fn shutdown(self) {
+        tracing::info!(deadline = ?self.inner.config.drain_deadline, open = self.inner.tracker.len(), "ztunnel draining");
         self.inner.ready.store(false, Ordering::Release);
         self.drain.send_replace(true);
         self.inner.pool.clear();

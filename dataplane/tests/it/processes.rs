@@ -179,3 +179,31 @@ fn the_readme_example_config_loads() {
     assert_eq!(config.services[0].hostname, "echo.shop.svc.cluster.local");
     assert_eq!(config.policies[0].key(), "shop/echo-from-web");
 }
+
+#[test]
+fn every_binary_answers_help_and_errors_in_one_line() {
+    for bin in [BIN, env!("CARGO_BIN_EXE_waypoint")] {
+        let help = Command::new(bin)
+            .arg("--help")
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        assert!(help.status.success(), "{bin} --help: {help:?}");
+        assert!(
+            String::from_utf8_lossy(&help.stdout).starts_with("usage: "),
+            "{help:?}"
+        );
+        let bad = Command::new(bin)
+            .arg("no-such-command")
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert!(
+            stderr.contains("unknown command \"no-such-command\""),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("stack backtrace"), "{stderr}");
+    }
+}

@@ -8,12 +8,18 @@ impl Scenario {
     /// a word to look for (to name the line) and the message.
     pub(super) fn check(&self, _text: &str) -> Result<(), (Option<String>, String)> {
         let host = |h: &str| -> Result<(), (Option<String>, String)> {
-            if h == ISTIOD || self.nodes.iter().any(|n| n == h) {
+            // `<namespace>/<pod>` names a waypoint pod's host, known once the pod exists.
+            let waypoint_pod = h
+                .split_once('/')
+                .is_some_and(|(ns, pod)| !ns.is_empty() && !pod.is_empty());
+            if h == ISTIOD || self.nodes.iter().any(|n| n == h) || waypoint_pod {
                 Ok(())
             } else {
                 Err((
                     Some(h.to_string()),
-                    format!("{h:?} is neither a node of this scenario nor istiod"),
+                    format!(
+                        "{h:?} is neither a node of this scenario, istiod, nor a waypoint pod (<namespace>/<pod>)"
+                    ),
                 ))
             }
         };

@@ -28,7 +28,9 @@ pub use check::line_of;
 pub use expect::{Expectation, Expected, Outcome, Phase};
 pub use settings::{INVARIANTS, Invariants, Settings};
 pub use timeline::{Action, LinkLatency, LinkLoss, ObjectRef, RootRotation, Step};
-pub use traffic::{Capture, ConnectionMode, Destination, Protocol, Source, Target, Traffic};
+pub use traffic::{
+    Capture, ConnectionMode, Destination, HttpRequest, Protocol, Source, Target, Traffic,
+};
 pub use values::{Dur, Nodes, parse_duration};
 
 /// A scenario file that cannot be used, with where and why.

@@ -68,6 +68,9 @@ pub struct Invariants {
     /// At the end, no connection is still open in an application or a ztunnel.
     #[serde(default = "yes")]
     pub leaks: bool,
+    /// Answers come from the backends the traffic's `backend` and `split` name.
+    #[serde(default = "yes")]
+    pub routing: bool,
 }
 
 impl Default for Invariants {
@@ -78,9 +81,17 @@ impl Default for Invariants {
             convergence: five_seconds(),
             panic: true,
             leaks: true,
+            routing: true,
         }
     }
 }
 
 /// The invariants by name, as violations report them.
-pub const INVARIANTS: [&str; 5] = ["plaintext", "policy", "convergence", "panic", "leaks"];
+pub const INVARIANTS: [&str; 6] = [
+    "plaintext",
+    "policy",
+    "convergence",
+    "panic",
+    "leaks",
+    "routing",
+];

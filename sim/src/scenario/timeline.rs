@@ -62,6 +62,17 @@ pub enum Action {
 }
 
 impl Action {
+    /// The hosts the action names.
+    pub fn hosts(&self) -> Vec<&str> {
+        match self {
+            Action::Partition([a, b]) | Action::Repair([a, b]) => vec![a, b],
+            Action::Latency(l) => vec![&l.between[0], &l.between[1]],
+            Action::Loss(l) => vec![&l.between[0], &l.between[1]],
+            Action::Crash(h) | Action::Restart(h) => vec![h],
+            _ => Vec::new(),
+        }
+    }
+
     /// A short description for the trace and the timeline.
     pub fn describe(&self) -> String {
         match self {

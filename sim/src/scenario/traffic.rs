@@ -144,6 +144,36 @@ pub enum Capture {
     Uncaptured,
 }
 
+/// What an HTTP request asks for (`protocol: http`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRequest {
+    #[serde(default = "get")]
+    pub method: String,
+    /// Path and query, as sent.
+    #[serde(default = "echo_path")]
+    pub path: String,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for HttpRequest {
+    fn default() -> Self {
+        HttpRequest {
+            method: get(),
+            path: echo_path(),
+            headers: Default::default(),
+        }
+    }
+}
+
+fn get() -> String {
+    "GET".into()
+}
+fn echo_path() -> String {
+    "/echo".into()
+}
+
 /// One stream of requests.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -173,6 +203,17 @@ pub struct Traffic {
     #[serde(default)]
     pub encrypted: Option<bool>,
     pub expect: Expectation,
+    /// The HTTP request made (`protocol: http`); default `GET /echo`.
+    #[serde(default)]
+    pub http: HttpRequest,
+    /// Every answered request must come from a pod whose name starts with this (routing).
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// At the end, the answered requests' shares per pod-name prefix must each be within 5
+    /// percentage points of weight / sum of weights (gateway-api-semantics §5); a weight of 0
+    /// must get nothing.
+    #[serde(default)]
+    pub split: Option<std::collections::BTreeMap<String, u32>>,
 }
 
 fn tcp() -> Protocol {

@@ -36,11 +36,11 @@ pub(super) async fn clients(node: String, shared: Rc<Shared>) {
                     });
                     tx
                 });
-                let _ = sender.send(Some(job));
+                let _ = sender.send(Some(*job));
             }
             Inboxed::Request(job) => {
                 let task = shared.tasks.pod_task(&node);
-                let request = one_request(shared.clone(), node.clone(), job);
+                let request = one_request(shared.clone(), node.clone(), *job);
                 tokio::task::spawn_local(async move {
                     request.await;
                     drop(task);
@@ -58,7 +58,13 @@ pub(super) async fn clients(node: String, shared: Rc<Shared>) {
     }
 }
 
-fn report(shared: &Shared, node: &str, job: &Job, started: Duration, outcome: Outcome) {
+fn report(
+    shared: &Shared,
+    node: &str,
+    job: &Job,
+    started: Duration,
+    (outcome, backend): (Outcome, Option<String>),
+) {
     let finished = turmoil::sim_elapsed().unwrap_or_default();
     shared.finished.borrow_mut().push(Finished {
         record: RequestRecord {
@@ -69,6 +75,7 @@ fn report(shared: &Shared, node: &str, job: &Job, started: Duration, outcome: Ou
             started,
             finished,
             outcome,
+            backend,
         },
     });
 }
@@ -78,14 +85,14 @@ async fn one_request(shared: Rc<Shared>, node: String, job: Job) {
     let started = turmoil::sim_elapsed().unwrap_or_default();
     let attempt = async {
         let mut conn = apps::connect(&shared.network, &job).await.ok()?;
-        let (outcome, _) = apps::exchange(&mut conn, &job).await;
+        let (outcome, _, backend) = apps::exchange(&mut conn, &job).await;
         close(&mut conn).await;
-        Some(outcome)
+        Some((outcome, backend))
     };
     let outcome = match tokio::time::timeout(job.timeout, attempt).await {
         Ok(Some(outcome)) => outcome,
-        Ok(None) => Outcome::Refused,
-        Err(_) => Outcome::Timeout,
+        Ok(None) => (Outcome::Refused, None),
+        Err(_) => (Outcome::Timeout, None),
     };
     report(&shared, &node, &job, started, outcome);
 }
@@ -119,21 +126,21 @@ async fn persistent_worker(
                 conn = apps::connect(&shared.network, &job).await.ok();
             }
             let c = conn.as_mut()?;
-            let (outcome, reusable) = apps::exchange(c, &job).await;
+            let (outcome, reusable, backend) = apps::exchange(c, &job).await;
             if !reusable {
                 conn = None;
             }
-            Some(outcome)
+            Some((outcome, backend))
         };
         let outcome = match tokio::time::timeout(job.timeout, attempt).await {
             Ok(Some(outcome)) => outcome,
-            Ok(None) => Outcome::Refused,
+            Ok(None) => (Outcome::Refused, None),
             Err(_) => {
                 conn = None;
-                Outcome::Timeout
+                (Outcome::Timeout, None)
             }
         };
-        if outcome != Outcome::Succeed
+        if outcome.0 != Outcome::Succeed
             && let Some(c) = conn.as_mut()
         {
             close(c).await;

@@ -86,8 +86,25 @@ pub(super) fn pod_table(store: &Store) -> BTreeMap<IpAddr, PodInfo> {
             Some("ambient") => true,
             _ => ns_mode.as_deref() == Some("ambient"),
         };
+        let waypoint =
+            control::translate::waypoints::is_waypoint_pod(store, pod.namespace, pod.labels).then(
+                || {
+                    let gateway = pod
+                        .labels
+                        .get("gateway.networking.k8s.io/gateway-name")
+                        .cloned()
+                        .unwrap_or_default();
+                    (gateway, pod.service_account().to_string())
+                },
+            );
         let mut ports = BTreeMap::new();
-        for container in pod.spec.map(|s| s.containers.as_slice()).unwrap_or(&[]) {
+        // A waypoint's own pod runs the waypoint, not an application.
+        let containers = if waypoint.is_some() {
+            &[][..]
+        } else {
+            pod.spec.map(|s| s.containers.as_slice()).unwrap_or(&[])
+        };
+        for container in containers {
             for p in container.ports.iter().flatten() {
                 if let Ok(port) = u16::try_from(p.container_port) {
                     let name = p.name.clone();
@@ -110,6 +127,7 @@ pub(super) fn pod_table(store: &Store) -> BTreeMap<IpAddr, PodInfo> {
                 },
                 labels: pod.labels.clone(),
                 ports,
+                waypoint,
             },
         );
     }

@@ -277,9 +277,13 @@ impl Driver<'_> {
             timeout,
             persistent: traffic.connection == ConnectionMode::Persistent,
             authority,
+            http: traffic.http.clone(),
         };
         let inbox = &self.shared.inboxes[&source.node];
-        inbox.jobs.borrow_mut().push_back(Inboxed::Request(job));
+        inbox
+            .jobs
+            .borrow_mut()
+            .push_back(Inboxed::Request(Box::new(job)));
         inbox.notify.notify_one();
     }
 
@@ -294,6 +298,7 @@ impl Driver<'_> {
             started: now,
             finished: now,
             outcome,
+            backend: None,
         };
         self.judge(record);
     }

@@ -11,7 +11,7 @@ use dataplane::ztunnel::Ztunnel;
 use super::fingerprint::state_fingerprint;
 use super::shared::{Finished, Received};
 use super::{Driver, RequestRecord};
-use crate::scenario::{Capture, Expected, ISTIOD};
+use crate::scenario::{Capture, Expected, ISTIOD, Outcome};
 
 /// How often the driver compares every ztunnel's state with what istiod should publish.
 const CONVERGENCE_CHECK: Duration = Duration::from_millis(10);
@@ -143,6 +143,24 @@ impl Driver<'_> {
             return;
         };
         if expected.admits(record.outcome) {
+            if let Some(prefix) = &traffic.backend
+                && record.outcome == Outcome::Succeed
+                && !in_window
+                && self.scenario.invariants.routing
+                && !record
+                    .backend
+                    .as_deref()
+                    .is_some_and(|b| b.starts_with(prefix.as_str()))
+            {
+                self.violate(
+                    "routing",
+                    format!(
+                        "request {} was answered by {}, not by a {prefix}* pod",
+                        record.conn,
+                        record.backend.as_deref().unwrap_or("an unnamed backend")
+                    ),
+                );
+            }
             return;
         }
         if in_window {
@@ -295,6 +313,58 @@ impl Driver<'_> {
                 );
             }
             Some(_) => {}
+        }
+    }
+
+    /// Each traffic's `split`: the answered requests' shares per backend within 5 percentage
+    /// points of the weights, and nothing for a weight of 0 (gateway-api-semantics §5).
+    /// Requests in a convergence window after a change are not counted.
+    pub(super) fn check_splits(&mut self) {
+        if !self.scenario.invariants.routing {
+            return;
+        }
+        for (index, traffic) in self.scenario.traffic.iter().enumerate() {
+            let Some(split) = &traffic.split else {
+                continue;
+            };
+            let answered: Vec<&str> = self
+                .requests
+                .iter()
+                .filter(|r| r.traffic == index && r.outcome == Outcome::Succeed)
+                .filter(|r| {
+                    self.expectation(r.traffic, r.started)
+                        .is_some_and(|(_, _, in_window)| !in_window)
+                })
+                .filter_map(|r| r.backend.as_deref())
+                .collect();
+            let total: u32 = split.values().sum();
+            if answered.is_empty() || total == 0 {
+                continue;
+            }
+            for (prefix, weight) in split {
+                let got = answered
+                    .iter()
+                    .filter(|b| b.starts_with(prefix.as_str()))
+                    .count();
+                let share = got as f64 / answered.len() as f64;
+                let want = f64::from(*weight) / f64::from(total);
+                let wrong = if *weight == 0 {
+                    got > 0
+                } else {
+                    (share - want).abs() > 0.05
+                };
+                if wrong {
+                    let event = format!(
+                        "traffic {}: {prefix}* answered {got} of {} requests ({:.1}%), weight {weight} of {total} wants {:.1}% ± 5",
+                        traffic.name,
+                        answered.len(),
+                        share * 100.0,
+                        want * 100.0
+                    );
+                    self.violate("routing", event);
+                    return;
+                }
+            }
         }
     }
 

@@ -83,6 +83,8 @@ struct Driver<'s> {
     mesh: MeshConfig,
     /// Hosts that are down (crashed, not restarted).
     down: BTreeSet<String>,
+    /// Waypoint hosts whose pod is gone (their host is down until the pod comes back).
+    retired_waypoints: BTreeSet<String>,
     partitions: BTreeSet<(String, String)>,
     /// Next request number per traffic.
     next_request: Vec<u64>,
@@ -167,6 +169,7 @@ fn run_traced(scenario: &Scenario, seed: u64, trace: Trace) -> RunOutput {
         istiod: RefCell::default(),
         rotations: RefCell::default(),
         ztunnels: RefCell::default(),
+        waypoints: RefCell::default(),
         inboxes: scenario
             .nodes
             .iter()
@@ -187,6 +190,7 @@ fn run_traced(scenario: &Scenario, seed: u64, trace: Trace) -> RunOutput {
         prepared,
         mesh: MeshConfig::default(),
         down: BTreeSet::new(),
+        retired_waypoints: BTreeSet::new(),
         partitions: BTreeSet::new(),
         next_request: vec![0; scenario.traffic.len()],
         closed: vec![false; scenario.traffic.len()],
@@ -237,6 +241,7 @@ fn run_traced(scenario: &Scenario, seed: u64, trace: Trace) -> RunOutput {
     // Tear the world down inside the simulation's context before the hosts are dropped.
     shared.istiod.borrow_mut().take();
     shared.ztunnels.borrow_mut().clear();
+    shared.waypoints.borrow_mut().clear();
     drop(sim);
     output
 }
@@ -302,6 +307,10 @@ impl Driver<'_> {
             match (done, quiet_since) {
                 (true, None) => quiet_since = Some(now),
                 (true, Some(since)) if now >= since + settle => {
+                    self.check_splits();
+                    if self.violation.is_some() {
+                        return None;
+                    }
                     self.check_leaks();
                     return None;
                 }

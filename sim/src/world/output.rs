@@ -10,7 +10,7 @@ use crate::wire::WireReport;
 /// An invariant that did not hold.
 #[derive(Debug, Clone)]
 pub struct Violation {
-    /// `plaintext`, `policy`, `convergence`, `panic` or `leaks`.
+    /// `plaintext`, `policy`, `convergence`, `panic`, `leaks` or `routing`.
     pub invariant: &'static str,
     pub at: Duration,
     /// What happened.
@@ -29,6 +29,8 @@ pub struct RequestRecord {
     pub started: Duration,
     pub finished: Duration,
     pub outcome: Outcome,
+    /// The pod that answered an HTTP request, as its echo said.
+    pub backend: Option<String>,
 }
 
 /// What a run produced.

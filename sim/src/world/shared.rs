@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use control::istiod::{Istiod, SharedStore};
 use dataplane::seams::{ManualClock, SimNetwork};
+use dataplane::waypoint::Waypoint;
 use dataplane::ztunnel::Ztunnel;
 use tokio::sync::Notify;
 
@@ -31,6 +32,9 @@ pub(crate) struct PodInfo {
     pub labels: BTreeMap<String, String>,
     /// Container port → named port and app.
     pub ports: BTreeMap<u16, (Option<String>, AppKind)>,
+    /// For one of a waypoint's own pods: the waypoint Gateway's name and the pod's service
+    /// account. Such a pod runs the production waypoint on a host of its own.
+    pub waypoint: Option<(String, String)>,
 }
 
 /// What a request's client reports back to the driver.
@@ -56,7 +60,7 @@ pub(super) struct Inbox {
 }
 
 pub(super) enum Inboxed {
-    Request(Job),
+    Request(Box<Job>),
     /// The traffic is over: close its persistent connections.
     Close(usize),
 }
@@ -73,10 +77,12 @@ pub(crate) struct Shared {
     pub(super) store: SharedStore,
     pub(super) tokens: BTreeMap<String, String>,
     pub(super) app_ports: BTreeSet<u16>,
-    pub(super) pods: RefCell<BTreeMap<IpAddr, PodInfo>>,
+    pub(crate) pods: RefCell<BTreeMap<IpAddr, PodInfo>>,
     pub(super) istiod: RefCell<Option<Rc<Istiod>>>,
     pub(super) rotations: RefCell<VecDeque<(Duration, Duration)>>,
     pub(super) ztunnels: RefCell<BTreeMap<String, Rc<Ztunnel>>>,
+    /// Running waypoints by host name (`<namespace>/<pod>`).
+    pub(super) waypoints: RefCell<BTreeMap<String, Rc<Waypoint>>>,
     pub(super) inboxes: BTreeMap<String, Inbox>,
     pub(super) finished: RefCell<Vec<Finished>>,
     pub(super) received: RefCell<Vec<Received>>,

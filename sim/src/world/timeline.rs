@@ -2,27 +2,43 @@
 //! partitions and link faults, the wall clock and root rotations; and what a change means
 //! for the pod table and the configuration every ztunnel must converge to.
 
-use std::net::IpAddr;
-
 use control::sources::Kind;
 
-use super::Driver;
 use super::cluster::pod_table;
 use super::fingerprint::{Fingerprint, snapshot_fingerprint};
+use super::hosts::waypoint_host;
+use super::{Driver, PodInfo};
 use crate::scenario::{Action, ISTIOD};
 
 impl Driver<'_> {
     /// Re-reads the pods from the store: the app table and the routes.
     pub(super) fn refresh_pods(&mut self) {
         let table = self.shared.store.read(pod_table);
-        let old: Vec<IpAddr> = self.shared.pods.borrow().keys().copied().collect();
-        for ip in old {
-            if !table.contains_key(&ip) {
-                self.shared.network.remove_route(ip);
+        let old: Vec<PodInfo> = self.shared.pods.borrow().values().cloned().collect();
+        for pod in old {
+            if table.get(&pod.ip).is_some_and(|p| p.name == pod.name) {
+                continue;
+            }
+            self.shared.network.remove_route(pod.ip);
+            // A waypoint pod that is gone takes its waypoint with it.
+            if pod.waypoint.is_some() {
+                let host = waypoint_host(&pod);
+                if let Some(&ip) = self.hosts.get(&host)
+                    && !self.retired_waypoints.contains(&host)
+                {
+                    self.shared.waypoints.borrow_mut().remove(&host);
+                    self.sim.crash(ip);
+                    self.down.insert(host.clone());
+                    self.retired_waypoints.insert(host);
+                }
             }
         }
         for pod in table.values() {
-            self.shared.network.add_route(pod.ip, self.hosts[&pod.node]);
+            let host = match &pod.waypoint {
+                Some(_) => self.ensure_waypoint_host(pod),
+                None => pod.node.clone(),
+            };
+            self.shared.network.add_route(pod.ip, self.hosts[&host]);
         }
         *self.shared.pods.borrow_mut() = table;
     }
@@ -52,6 +68,14 @@ impl Driver<'_> {
     }
 
     fn apply(&mut self, index: usize, action: &Action) {
+        let unknown = action
+            .hosts()
+            .into_iter()
+            .find(|h| !self.hosts.contains_key(*h));
+        if let Some(h) = unknown {
+            self.record("timeline", format!("skipped: no host {h} (yet)"));
+            return;
+        }
         match action {
             Action::Apply { .. } => {
                 let loaded = self
@@ -122,6 +146,9 @@ impl Driver<'_> {
     fn forget_host(&mut self, h: &str) {
         if h == ISTIOD {
             self.shared.istiod.borrow_mut().take();
+        } else if !self.shared.inboxes.contains_key(h) {
+            // A waypoint host.
+            self.shared.waypoints.borrow_mut().remove(h);
         } else {
             self.fingerprints.remove(h);
             self.shared.ztunnels.borrow_mut().remove(h);

@@ -8,4 +8,5 @@ mod xds_client;
 
 pub use ca_client::CaClient;
 pub use channel::{AuthToken, ControlPlaneClient, ControlPlaneError, Target};
-pub use xds_client::run_xds_client;
+pub(crate) use xds_client::node;
+pub use xds_client::{Subscriber, run_subscriber, run_xds_client};

@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use super::channel::{ControlPlaneClient, ControlPlaneError};
 use crate::state::StateHandle;
 use crate::xds::proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use crate::xds::proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Node};
+use crate::xds::proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node,
+};
 use crate::xds::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, ResourceVersions, apply_response};
 use crate::ztunnel::Config;
 use crate::ztunnel::metrics::{XdsMetrics, XdsTerminationLabels, XdsUrlLabels};
@@ -26,10 +28,10 @@ const MAX_MESSAGE: usize = 200 * 1024 * 1024;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
-/// The node this ztunnel announces (wire facts §1.2).
-fn node(config: &Config) -> Node {
+/// The node a proxy announces (wire facts §1.2): `role` is `ztunnel` or `waypoint`.
+pub(crate) fn node(config: &Config, role: &str) -> Node {
     let id = format!(
-        "ztunnel~{}~{}.{}~{}.svc.cluster.local",
+        "{role}~{}~{}.{}~{}.svc.cluster.local",
         config.instance_ip, config.pod_name, config.pod_namespace, config.pod_namespace
     );
     let string = |v: &str| Value {
@@ -49,6 +51,49 @@ fn node(config: &Config) -> Node {
     }
 }
 
+/// What a Delta ADS client asks for and how it applies what arrives: the ztunnel's two
+/// upstream types, or a waypoint's addresses and its own configuration.
+pub trait Subscriber: Send + Sync + 'static {
+    /// The node announced on the first request of each type.
+    fn node(&self) -> Node;
+    /// Type URLs with the names asked for (none: wildcard).
+    fn subscriptions(&self) -> Vec<(&'static str, Vec<String>)>;
+    /// Applies one response; the ACK or NACK to send.
+    fn apply(
+        &self,
+        versions: &mut ResourceVersions,
+        response: &DeltaDiscoveryResponse,
+    ) -> DeltaDiscoveryRequest;
+}
+
+/// The ztunnel's subscriptions: every address and every authorization policy, applied to
+/// its state.
+struct ZtunnelSubscriber {
+    config: Arc<Config>,
+    state: StateHandle,
+}
+
+impl Subscriber for ZtunnelSubscriber {
+    fn node(&self) -> Node {
+        node(&self.config, "ztunnel")
+    }
+
+    fn subscriptions(&self) -> Vec<(&'static str, Vec<String>)> {
+        vec![
+            (ADDRESS_TYPE_URL, Vec::new()),
+            (AUTHORIZATION_TYPE_URL, Vec::new()),
+        ]
+    }
+
+    fn apply(
+        &self,
+        versions: &mut ResourceVersions,
+        response: &DeltaDiscoveryResponse,
+    ) -> DeltaDiscoveryRequest {
+        apply_response(&self.state, versions, response)
+    }
+}
+
 /// How one stream ended.
 struct Ended {
     error: Option<ControlPlaneError>,
@@ -57,9 +102,8 @@ struct Ended {
 }
 
 async fn session(
-    config: &Config,
+    subscriber: &dyn Subscriber,
     client: &ControlPlaneClient,
-    state: &StateHandle,
     synced: &AtomicBool,
     versions: &mut ResourceVersions,
     metrics: &XdsMetrics,
@@ -67,10 +111,12 @@ async fn session(
     let mut progressed = false;
     let result = async {
         let (tx, mut rx) = mpsc::channel(16);
-        for type_url in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL] {
+        let subscriptions = subscriber.subscriptions();
+        for (type_url, names) in &subscriptions {
             let initial = DeltaDiscoveryRequest {
-                node: Some(node(config)),
+                node: Some(subscriber.node()),
                 type_url: type_url.to_string(),
+                resource_names_subscribe: names.clone(),
                 initial_resource_versions: versions.initial(type_url),
                 ..DeltaDiscoveryRequest::default()
             };
@@ -94,16 +140,17 @@ async fn session(
                 .message_bytes
                 .get_or_create(&labels)
                 .inc_by(prost::Message::encoded_len(&response) as u64);
-            let reply = apply_response(state, versions, &response);
+            let reply = subscriber.apply(versions, &response);
             answered.insert(response.type_url.clone());
             if tx.send(reply).await.is_err() {
                 break;
             }
-            if answered.contains(ADDRESS_TYPE_URL)
-                && answered.contains(AUTHORIZATION_TYPE_URL)
+            if subscriptions
+                .iter()
+                .all(|(type_url, _)| answered.contains(*type_url))
                 && !synced.swap(true, Ordering::AcqRel)
             {
-                tracing::info!("xDS synced: both resource types received");
+                tracing::info!("xDS synced: every subscribed type received");
             }
         }
         Ok::<_, ControlPlaneError>(())
@@ -125,10 +172,22 @@ pub async fn run_xds_client(
     synced: Arc<AtomicBool>,
     metrics: XdsMetrics,
 ) {
+    let subscriber = ZtunnelSubscriber { config, state };
+    run_subscriber(&subscriber, client, synced, metrics).await
+}
+
+/// Keeps a stream open for `subscriber`, reconnecting with backoff and announcing the
+/// versions it holds; `synced` turns true once every subscribed type has been answered.
+pub async fn run_subscriber(
+    subscriber: &dyn Subscriber,
+    client: ControlPlaneClient,
+    synced: Arc<AtomicBool>,
+    metrics: XdsMetrics,
+) {
     let mut versions = ResourceVersions::default();
     let mut backoff = INITIAL_BACKOFF;
     loop {
-        let ended = session(&config, &client, &state, &synced, &mut versions, &metrics).await;
+        let ended = session(subscriber, &client, &synced, &mut versions, &metrics).await;
         let reason = match &ended.error {
             None => "Complete",
             Some(ControlPlaneError::Connect(_)) => "ConnectionError",
