@@ -5,12 +5,15 @@ use std::fmt;
 
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
-use gateway_api::httproutes::HttpRoute;
+// The experimental channel's HTTPRoute, a superset of the standard one: `retry` and the
+// other experimental fields users write are kept, not refused as unknown.
+use gateway_api::experimental::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use crate::types::fault::{self, FaultInjection};
 use crate::types::security::{AuthorizationPolicy, PeerAuthentication};
 
 /// A kind the control plane understands. The order is the store's order, and the order a
@@ -29,11 +32,13 @@ pub enum Kind {
     GrpcRoute,
     AuthorizationPolicy,
     PeerAuthentication,
+    /// Ours (`testbed.ambient.io`), named by HTTPRoute `ExtensionRef` filters.
+    FaultInjection,
 }
 
 impl Kind {
     /// Every kind, in store order.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Namespace,
         Kind::Node,
         Kind::ServiceAccount,
@@ -46,6 +51,7 @@ impl Kind {
         Kind::GrpcRoute,
         Kind::AuthorizationPolicy,
         Kind::PeerAuthentication,
+        Kind::FaultInjection,
     ];
 
     /// The Kubernetes `kind` string.
@@ -63,6 +69,7 @@ impl Kind {
             Kind::GrpcRoute => "GRPCRoute",
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::FaultInjection => fault::KIND,
         }
     }
 
@@ -87,6 +94,7 @@ impl Kind {
             Kind::AuthorizationPolicy | Kind::PeerAuthentication => {
                 &["security.istio.io/v1", "security.istio.io/v1beta1"]
             }
+            Kind::FaultInjection => &["testbed.ambient.io/v1alpha1"],
         }
     }
 
@@ -118,6 +126,7 @@ pub enum Object {
     GrpcRoute(GrpcRoute),
     AuthorizationPolicy(AuthorizationPolicy),
     PeerAuthentication(PeerAuthentication),
+    FaultInjection(FaultInjection),
 }
 
 impl Object {
@@ -135,6 +144,7 @@ impl Object {
             Object::GrpcRoute(_) => Kind::GrpcRoute,
             Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
             Object::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Object::FaultInjection(_) => Kind::FaultInjection,
         }
     }
 
@@ -152,6 +162,7 @@ impl Object {
             Object::GrpcRoute(o) => &o.metadata,
             Object::AuthorizationPolicy(o) => &o.metadata,
             Object::PeerAuthentication(o) => &o.metadata,
+            Object::FaultInjection(o) => &o.metadata,
         }
     }
 
@@ -169,6 +180,7 @@ impl Object {
             Object::GrpcRoute(o) => &mut o.metadata,
             Object::AuthorizationPolicy(o) => &mut o.metadata,
             Object::PeerAuthentication(o) => &mut o.metadata,
+            Object::FaultInjection(o) => &mut o.metadata,
         }
     }
 

@@ -150,6 +150,7 @@ fn object_of(kind: Kind, text: &str, offset: usize) -> Result<Object, (String, O
         Kind::GrpcRoute => Object::GrpcRoute(typed(text, offset)?),
         Kind::AuthorizationPolicy => Object::AuthorizationPolicy(typed(text, offset)?),
         Kind::PeerAuthentication => Object::PeerAuthentication(typed(text, offset)?),
+        Kind::FaultInjection => Object::FaultInjection(typed(text, offset)?),
     })
 }
 

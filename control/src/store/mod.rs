@@ -27,9 +27,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use dataplane::policy::Cidr;
+use gateway_api::experimental::httproutes::HttpRoute;
 use gateway_api::gateways::Gateway;
 use gateway_api::grpcroutes::GrpcRoute;
-use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -38,6 +38,7 @@ pub use pods::{PodOwner, PodView};
 use schedule::Schedule;
 
 use crate::sources::{Kind, Object, ObjectKey};
+use crate::types::fault::FaultInjection;
 use crate::types::security::{AuthorizationPolicy, PeerAuthentication};
 
 /// Settings the store needs to validate and schedule without a real cluster.
@@ -358,7 +359,7 @@ impl Store {
         Gateway
     );
     typed_iter!(
-        /// HTTPRoutes.
+        /// HTTPRoutes, as the experimental channel types them (so `retry` is there).
         http_routes,
         HttpRoute,
         HttpRoute
@@ -381,6 +382,12 @@ impl Store {
         PeerAuthentication,
         PeerAuthentication
     );
+    typed_iter!(
+        /// FaultInjections (ours), which HTTPRoute `ExtensionRef` filters name.
+        fault_injections,
+        FaultInjection,
+        FaultInjection
+    );
 
     /// A Namespace by name.
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
@@ -394,6 +401,14 @@ impl Store {
     pub fn gateway(&self, namespace: &str, name: &str) -> Option<&Gateway> {
         match self.get(Kind::Gateway, namespace, name) {
             Some(Object::Gateway(g)) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// A FaultInjection by namespace and name: what an `ExtensionRef` filter resolves to.
+    pub fn fault_injection(&self, namespace: &str, name: &str) -> Option<&FaultInjection> {
+        match self.get(Kind::FaultInjection, namespace, name) {
+            Some(Object::FaultInjection(f)) => Some(f),
             _ => None,
         }
     }

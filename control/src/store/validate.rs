@@ -1,15 +1,19 @@
 //! What the API server (and istiod's validating webhook) would refuse: objects in a namespace
 //! that does not exist, addresses and CIDRs that do not parse, out-of-range ports, fields that
-//! may not be combined. Checked on apply so a bad object never reaches translation.
+//! may not be combined, values outside what a CRD's schema allows (HTTPRoute retries, our
+//! FaultInjection). Checked on apply so a bad object never reaches translation.
 
 use std::net::IpAddr;
+use std::str::FromStr;
 
 use dataplane::policy::Cidr;
+use gateway_api::experimental::httproutes::{HttpRoute, HttpRouteRulesRetry};
 use gateway_api::gateways::Gateway;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 
 use super::{Store, StoreError};
 use crate::sources::Object;
+use crate::types::fault::{FaultInjection, Fraction};
 use crate::types::security::{AuthorizationPolicy, PeerAuthentication, Source};
 
 /// Collects the first problem found, with its field path.
@@ -53,6 +57,42 @@ impl Check<'_> {
             .map(|_| ())
             .map_err(|_| self.fail(field, format!("invalid IP address {value:?}")))
     }
+
+    /// A GEP-2257 duration, as the Gateway API CRDs' pattern admits it.
+    fn duration(&self, field: &str, value: &str) -> Result<(), StoreError> {
+        gateway_api::Duration::from_str(value)
+            .map(|_| ())
+            .map_err(|e| {
+                self.fail(
+                    field,
+                    format!(
+                        "invalid duration {value:?} ({e}): GEP-2257 wants 1 to 4 parts of 1 to 5 \
+                         digits and a unit h, m, s or ms, like 500ms or 1h30m"
+                    ),
+                )
+            })
+    }
+
+    /// `value` within `range`, else an error naming the field and the range.
+    fn within(
+        &self,
+        field: &str,
+        what: &str,
+        value: i64,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<(), StoreError> {
+        if range.contains(&value) {
+            return Ok(());
+        }
+        Err(self.fail(
+            field,
+            format!(
+                "invalid {what} {value}: must be {}..{}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
 }
 
 pub(super) fn object(object: &Object, store: &Store) -> Result<(), StoreError> {
@@ -83,6 +123,8 @@ pub(super) fn object(object: &Object, store: &Store) -> Result<(), StoreError> {
             _ => Ok(()),
         },
         Object::Gateway(gateway) => self::gateway(&check, gateway),
+        Object::HttpRoute(route) => http_route(&check, route),
+        Object::FaultInjection(fault) => fault_injection(&check, fault),
         _ => Ok(()),
     }
 }
@@ -216,4 +258,154 @@ fn pod(check: &Check<'_>, pod: &Pod) -> Result<(), StoreError> {
         check.ip(&format!("status.podIPs[{i}].ip"), &ip.ip)?;
     }
     Ok(())
+}
+
+/// GEP-1731 retries, bounded as the experimental CRD bounds them: `attempts` not negative,
+/// `codes` 400–599, `backoff` a GEP-2257 duration. Translation copies them as they are.
+fn http_route(check: &Check<'_>, route: &HttpRoute) -> Result<(), StoreError> {
+    for (r, rule) in route.spec.rules.iter().flatten().enumerate() {
+        if let Some(retry) = &rule.retry {
+            self::retry(check, &format!("spec.rules[{r}].retry"), retry)?;
+        }
+        rule_filters(check, &format!("spec.rules[{r}]"), rule)?;
+    }
+    Ok(())
+}
+
+/// What the HTTPRoute CRD's rules refuse about a rule's filters: a filter type listed twice
+/// (only RequestMirror and ExtensionRef may repeat), RequestRedirect together with
+/// URLRewrite, and a rule-level RequestRedirect on a rule that also has backendRefs.
+fn rule_filters(
+    check: &Check<'_>,
+    field: &str,
+    rule: &gateway_api::experimental::httproutes::HttpRouteRules,
+) -> Result<(), StoreError> {
+    use gateway_api::experimental::httproutes::HttpRouteRulesFiltersType as T;
+    let filters = rule.filters.as_deref().unwrap_or_default();
+    let mut seen: Vec<&T> = Vec::new();
+    for (f, filter) in filters.iter().enumerate() {
+        let repeatable = matches!(filter.r#type, T::RequestMirror | T::ExtensionRef);
+        if !repeatable && seen.contains(&&filter.r#type) {
+            return Err(check.fail(
+                format!("{field}.filters[{f}].type"),
+                format!(
+                    "{:?} is listed more than once in this rule; only RequestMirror and ExtensionRef may repeat",
+                    filter.r#type
+                ),
+            ));
+        }
+        seen.push(&filter.r#type);
+    }
+    if seen.contains(&&T::RequestRedirect) && seen.contains(&&T::UrlRewrite) {
+        return Err(check.fail(
+            format!("{field}.filters"),
+            "RequestRedirect and URLRewrite cannot be combined in one rule",
+        ));
+    }
+    if seen.contains(&&T::RequestRedirect) && !rule.backend_refs.as_deref().unwrap_or_default().is_empty() {
+        return Err(check.fail(
+            format!("{field}.backendRefs"),
+            "a rule with a RequestRedirect filter cannot have backendRefs",
+        ));
+    }
+    Ok(())
+}
+
+fn retry(check: &Check<'_>, field: &str, retry: &HttpRouteRulesRetry) -> Result<(), StoreError> {
+    if let Some(attempts) = retry.attempts {
+        check.within(
+            &format!("{field}.attempts"),
+            "attempts",
+            attempts,
+            0..=i64::from(u32::MAX),
+        )?;
+    }
+    for (c, code) in retry.codes.iter().flatten().enumerate() {
+        check.within(
+            &format!("{field}.codes[{c}]"),
+            "status code",
+            *code,
+            400..=599,
+        )?;
+    }
+    if let Some(backoff) = &retry.backoff {
+        check.duration(&format!("{field}.backoff"), backoff)?;
+    }
+    Ok(())
+}
+
+/// Our FaultInjection: something to inject, a GEP-2257 delay, exactly one abort error with
+/// its code in range, and shares of 0–100 %.
+fn fault_injection(check: &Check<'_>, fault: &FaultInjection) -> Result<(), StoreError> {
+    let spec = &fault.spec;
+    if spec.delay.is_none() && spec.abort.is_none() {
+        return Err(check.fail("spec", "at least one of delay or abort is required"));
+    }
+    if let Some(delay) = &spec.delay {
+        check.duration("spec.delay.fixedDelay", &delay.fixed_delay)?;
+        share(
+            check,
+            "spec.delay",
+            delay.percentage,
+            delay.fraction.as_ref(),
+        )?;
+    }
+    if let Some(abort) = &spec.abort {
+        let errors = [
+            abort.http_status.is_some(),
+            abort.grpc_status.is_some(),
+            abort.reset == Some(true),
+        ];
+        if errors.into_iter().filter(|set| *set).count() != 1 {
+            return Err(check.fail(
+                "spec.abort",
+                "exactly one of httpStatus, grpcStatus or reset: true is required",
+            ));
+        }
+        if let Some(status) = abort.http_status {
+            check.within("spec.abort.httpStatus", "HTTP status", status, 200..=599)?;
+        }
+        if let Some(status) = abort.grpc_status {
+            check.within("spec.abort.grpcStatus", "gRPC status", status, 0..=16)?;
+        }
+        share(
+            check,
+            "spec.abort",
+            abort.percentage,
+            abort.fraction.as_ref(),
+        )?;
+    }
+    Ok(())
+}
+
+/// A share of requests: `percentage` 0–100 or a `fraction` with 0 ≤ numerator ≤ denominator,
+/// not both.
+fn share(
+    check: &Check<'_>,
+    field: &str,
+    percentage: Option<i64>,
+    fraction: Option<&Fraction>,
+) -> Result<(), StoreError> {
+    match (percentage, fraction) {
+        (Some(_), Some(_)) => {
+            Err(check.fail(field, "only one of percentage or fraction may be set"))
+        }
+        (Some(p), None) => check.within(&format!("{field}.percentage"), "percentage", p, 0..=100),
+        (None, Some(f)) => {
+            let denominator = f.denominator.unwrap_or(100);
+            check.within(
+                &format!("{field}.fraction.denominator"),
+                "denominator",
+                denominator,
+                1..=i64::from(u32::MAX),
+            )?;
+            check.within(
+                &format!("{field}.fraction.numerator"),
+                "numerator",
+                f.numerator,
+                0..=denominator,
+            )
+        }
+        (None, None) => Ok(()),
+    }
 }

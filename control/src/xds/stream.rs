@@ -24,8 +24,11 @@ use super::resources::{Published, PublishedResources, TYPE_URLS};
 #[derive(Debug, Default)]
 struct Subscription {
     wildcard: bool,
-    /// On-demand keys asked for.
+    /// On-demand keys asked for. A key stays subscribed until the client unsubscribes it,
+    /// as Delta xDS has it: one that matches nothing now is sent when it appears.
     keys: BTreeSet<String>,
+    /// Keys already answered as absent, so the client is told once, not on every publish.
+    absent: BTreeSet<String>,
     /// What the client holds: name → version.
     sent: BTreeMap<String, String>,
     /// The publish `sent` fully reflects, if any.
@@ -139,19 +142,28 @@ impl XdsStream {
             }
         }
         sub.synced = Some(generation);
-        // On-demand keys nothing answers: say so, once.
+        // On-demand keys nothing answers: say so, once (the client stops waiting), and keep
+        // them subscribed, so a resource that appears later is sent.
+        let answered = |k: &String| {
+            current
+                .iter()
+                .any(|(n, p)| n == k || p.resource.aliases.iter().any(|a| a == k))
+        };
+        sub.absent.retain(|k| sub.keys.contains(k) && !answered(k));
+        // A key just reported removed above has been told.
+        for name in &removed {
+            if sub.keys.contains(name) {
+                sub.absent.insert(name.clone());
+            }
+        }
         let unanswered: Vec<String> = sub
             .keys
             .iter()
-            .filter(|k| {
-                !current
-                    .iter()
-                    .any(|(n, p)| n == *k || p.resource.aliases.iter().any(|a| a == *k))
-            })
+            .filter(|k| !answered(k) && !sub.absent.contains(*k) && !sub.sent.contains_key(*k))
             .cloned()
             .collect();
         for key in unanswered {
-            sub.keys.remove(&key);
+            sub.absent.insert(key.clone());
             removed.push(key);
         }
         if resources.is_empty() && removed.is_empty() && !always {

@@ -302,3 +302,19 @@ async fn check_counts_the_manifests_and_names_what_it_generated() {
          Service shop/waypoint, Deployment shop/waypoint"
     );
 }
+
+#[tokio::test]
+async fn check_accepts_the_fault_injection_example() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fault-injection.yaml");
+    let out = Command::new(ISTIOD)
+        .args(["--config-dir", example.to_str().unwrap(), "--check"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("ok: 11 objects;"), "{stdout}");
+}

@@ -301,3 +301,45 @@ fn incremental_pushes_match_full_diffs_and_a_stream_that_missed_one_catches_up()
     assert_eq!(pushes[0].removed_resources, ["shop/echo-policy"]);
     assert!(pushes[0].resources.is_empty());
 }
+
+#[test]
+fn a_subscribed_name_that_appears_later_is_sent_then() {
+    use dataplane::xds::WAYPOINT_TYPE_URL;
+    use dataplane::xds::proto::ambient::waypoint::WaypointConfig;
+
+    let publish = |with_waypoint: bool, generation| {
+        let mut snapshot = snapshot([10, 1, 1], "");
+        if with_waypoint {
+            snapshot.waypoints.insert(
+                "shop/waypoint".into(),
+                WaypointConfig {
+                    namespace: "shop".into(),
+                    name: "waypoint".into(),
+                    ..WaypointConfig::default()
+                },
+            );
+        }
+        Arc::new(PublishedResources::encode(&snapshot, generation))
+    };
+    // A waypoint that starts before istiod has its configuration: told it is absent, once.
+    let mut waypoint = XdsStream::new(publish(false, 1));
+    let mut request = subscribe(WAYPOINT_TYPE_URL);
+    request.resource_names_subscribe = vec!["shop/waypoint".into()];
+    let (response, _) = waypoint.on_request(request);
+    assert_eq!(response.unwrap().removed_resources, ["shop/waypoint"]);
+    assert!(
+        waypoint.on_publish(publish(false, 2)).is_empty(),
+        "absence is said once"
+    );
+    // The Gateway arrives: the configuration is sent without the client asking again.
+    let updates = waypoint.on_publish(publish(true, 3));
+    let [update] = updates.as_slice() else {
+        panic!("one update: {updates:?}")
+    };
+    let names: Vec<_> = update.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["shop/waypoint"]);
+    // It goes away again: removed, once.
+    let updates = waypoint.on_publish(publish(false, 4));
+    assert_eq!(updates[0].removed_resources, ["shop/waypoint"]);
+    assert!(waypoint.on_publish(publish(false, 5)).is_empty());
+}

@@ -104,6 +104,11 @@ spec: {mtls: {mode: STRICT}}
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: deny-all, namespace: shop}
+---
+apiVersion: testbed.ambient.io/v1alpha1
+kind: FaultInjection
+metadata: {name: f, namespace: shop}
+spec: {abort: {httpStatus: 503}}
 "#
     ));
     for kind in Kind::ALL {

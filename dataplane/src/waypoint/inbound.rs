@@ -17,6 +17,10 @@ use super::upstream::{self, Target};
 use crate::hbone::{self, H2Io, IncomingConnect, ServerOptions, TraceParent};
 use crate::seams::Accepted;
 
+/// The most request header bytes a client may send (upstream Envoy's default is 60 KiB):
+/// more is answered 431 (HTTP/1.1) or refused by HTTP/2's header list limit.
+const MAX_REQUEST_HEADERS: usize = 64 * 1024;
+
 /// Serves one accepted connection on 15008.
 pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
     let Accepted {
@@ -69,9 +73,16 @@ fn resolve(inner: &Inner, authority: SocketAddr) -> Option<(Destination, Protoco
             .map_or(Protocol::Tcp, |p| p.protocol);
         return Some((Destination::Service(service.clone()), protocol));
     }
+    let network = &inner.config.mesh.network;
+    if let Some(service) = inner
+        .state
+        .read(|s| s.service_by_vip(network, authority.ip()))
+    {
+        return Some((Destination::Unbound(service), Protocol::Tcp));
+    }
     let workload = inner
         .state
-        .read(|s| s.workload_by_ip(&inner.config.mesh.network, authority.ip()))?;
+        .read(|s| s.workload_by_ip(network, authority.ip()))?;
     Some((Destination::Workload(workload), Protocol::Tcp))
 }
 
@@ -133,6 +144,7 @@ async fn serve_http(inner: Arc<Inner>, downstream: Arc<Downstream>, stream: H2Io
         Protocol::Http2 => {
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .max_header_list_size(MAX_REQUEST_HEADERS as u32)
                 .serve_connection(io, service)
                 .await
         }
@@ -140,6 +152,7 @@ async fn serve_http(inner: Arc<Inner>, downstream: Arc<Downstream>, stream: H2Io
             hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(inner.config.mesh.handshake_timeout)
+                .max_buf_size(MAX_REQUEST_HEADERS)
                 .serve_connection(io, service)
                 .with_upgrades()
                 .await
@@ -155,18 +168,29 @@ async fn serve_request(
     inner: Arc<Inner>,
     downstream: Arc<Downstream>,
     request: http::Request<hyper::body::Incoming>,
-) -> Result<http::Response<proxy::Body>, std::convert::Infallible> {
+) -> Result<http::Response<proxy::Body>, FaultReset> {
     let started = tokio::time::Instant::now();
     let log = RequestLog::begin(&request);
     let (response, handled) = proxy::handle(inner.clone(), downstream.clone(), request).await;
     log.finish(&inner, &downstream, &response, &handled, started.elapsed());
+    if handled.reset {
+        // An error from the service makes hyper reset the stream (HTTP/2) or close the
+        // connection (HTTP/1.1): what the client of a reset fault sees.
+        return Err(FaultReset);
+    }
     Ok(response)
 }
+
+/// A fault asked for the request's stream to be reset.
+#[derive(Debug, thiserror::Error)]
+#[error("fault injected: stream reset")]
+struct FaultReset;
 
 /// A port that does not speak HTTP: the bytes go to the addressed Service or workload.
 async fn passthrough(inner: &Arc<Inner>, downstream: &Downstream, stream: H2Io) {
     let target = match &downstream.destination {
         Destination::Service(s) => upstream::choose(inner, &s.key, downstream.authority.port()),
+        Destination::Unbound(s) => upstream::choose(inner, &s.key(), downstream.authority.port()),
         Destination::Workload(w) => Ok(Target {
             endpoint: w.clone(),
             port: downstream.authority.port(),

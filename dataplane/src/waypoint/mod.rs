@@ -293,6 +293,17 @@ impl Waypoint {
 /// answer 500 when chosen, never skipped).
 pub(crate) fn configure(inner: &Inner, config: WaypointConfig) {
     let table = RouteTable::build(config);
+    tracing::info!(
+        services = table.source.services.len(),
+        entries = table
+            .source
+            .services
+            .iter()
+            .flat_map(|s| &s.ports)
+            .map(|p| p.rules.len())
+            .sum::<usize>(),
+        "waypoint configuration applied"
+    );
     for error in &table.errors {
         tracing::warn!(%error, "route entry cannot be applied; matching requests get 500");
     }

@@ -30,6 +30,10 @@ pub(crate) use super::upstream::{Body, BoxError};
 #[derive(Debug, Clone)]
 pub(crate) enum Destination {
     Service(Arc<BoundService>),
+    /// A Service this waypoint does not (yet) carry: while a binding propagates, a client's
+    /// ztunnel can learn of it before the waypoint does. Its bytes go to the Service as
+    /// addressed, so the change costs no request.
+    Unbound(Arc<crate::state::Service>),
     Workload(Arc<Workload>),
 }
 
@@ -68,17 +72,39 @@ pub(crate) fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|e| match e {}).boxed()
 }
 
-/// gRPC's answer for "no such method": HTTP 200 with `grpc-status: 12` and no body.
-fn grpc_unimplemented() -> Response<Body> {
+/// A gRPC status as a trailers-only answer: HTTP 200 with `grpc-status` and no body.
+fn grpc_status(code: u32) -> Response<Body> {
     let mut response = Response::new(full(Bytes::new()));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    headers.insert("grpc-status", HeaderValue::from_static("12"));
-    headers.insert("grpc-message", HeaderValue::from_static("no route matched"));
+    headers.insert("grpc-status", HeaderValue::from(code));
     response
+}
+
+/// gRPC's answer for "no such method": `grpc-status: 12` (UNIMPLEMENTED).
+fn grpc_unimplemented() -> Response<Body> {
+    let mut response = grpc_status(12);
+    response
+        .headers_mut()
+        .insert("grpc-message", HeaderValue::from_static("no route matched"));
+    response
+}
+
+/// Whether this request falls in `fraction` (unset: every request), drawn from the
+/// entropy seam so a seed replays the same choices.
+fn sampled(inner: &Inner, fraction: Option<&pb::Fraction>) -> bool {
+    let Some(f) = fraction else {
+        return true;
+    };
+    let denominator = if f.denominator == 0 {
+        100
+    } else {
+        f.denominator
+    };
+    inner.seams.entropy.next_u64() % u64::from(denominator) < u64::from(f.numerator)
 }
 
 /// What one request's telemetry says about how it was handled.
@@ -86,8 +112,11 @@ fn grpc_unimplemented() -> Response<Body> {
 pub(crate) struct Handled {
     /// The route entry that matched, for the access log.
     pub(crate) route: Option<String>,
-    /// Envoy-style response flags (`NR` no route, `UH`, `UF`, `UT`, `URX`…), empty when none.
+    /// Envoy-style response flags (`NR` no route, `UH`, `UF`, `UT`, `FI` fault abort, `DI`
+    /// fault delay…), empty when none.
     pub(crate) flags: &'static str,
+    /// A fault asked for the client's stream to be reset instead of answered.
+    pub(crate) reset: bool,
     pub(crate) upstream: Option<Arc<Workload>>,
     pub(crate) service: Option<(String, String, String)>,
 }
@@ -98,16 +127,20 @@ pub(crate) async fn handle(
     downstream: Arc<Downstream>,
     request: Request<Incoming>,
 ) -> (Response<Body>, Handled) {
+    let mut handled = Handled::default();
+    // Request framing is hyper's: a request with both Content-Length and Transfer-Encoding
+    // is read by Transfer-Encoding alone, its Content-Length dropped, and the connection
+    // closed after the answer (RFC 9112 §6.1, §6.3), so nothing smuggled behind it is read;
+    // two different Content-Lengths are a 400. What goes to the backend is framed anew.
     let (mut parts, body) = request.into_parts();
     let body: Body = body.map_err(|e| Box::new(e) as BoxError).boxed();
     let grpc = downstream.grpc(&parts.headers);
-    let mut handled = Handled::default();
     let (service, port) = match &downstream.destination {
         Destination::Service(s) => {
             handled.service = Some((s.hostname.clone(), s.namespace.clone(), s.name.clone()));
             (Some(s.clone()), s.ports.get(&downstream.authority.port()))
         }
-        Destination::Workload(_) => (None, None),
+        Destination::Workload(_) | Destination::Unbound(_) => (None, None),
     };
     let client_namespace = downstream
         .identity
@@ -124,6 +157,9 @@ pub(crate) async fn handle(
                 downstream.authority.port(),
                 http_protocol(target_protocol, downstream.protocol),
             ),
+            (Destination::Unbound(s), _) => {
+                Forward::service(s.key(), downstream.authority.port(), downstream.protocol)
+            }
             _ => Forward::workload(
                 downstream.authority,
                 http_protocol(target_protocol, downstream.protocol),
@@ -197,6 +233,38 @@ pub(crate) async fn handle(
                 plan.shape(&mut response);
                 return (response, handled);
             }
+        }
+    }
+    // Faults: a delay before forwarding, or an answer instead of it.
+    for fault in &plan.faults {
+        if let Some(delay) = &fault.delay
+            && sampled(&inner, delay.percentage.as_ref())
+        {
+            handled.flags = "DI";
+            tokio::time::sleep(std::time::Duration::from_millis(delay.fixed_delay_ms)).await;
+        }
+        if let Some(abort) = &fault.abort
+            && sampled(&inner, abort.percentage.as_ref())
+        {
+            handled.flags = "FI";
+            let response = match abort.error {
+                Some(pb::fault_abort::Error::GrpcStatus(code)) => grpc_status(code),
+                Some(pb::fault_abort::Error::Reset(_)) => {
+                    handled.reset = true;
+                    local(StatusCode::SERVICE_UNAVAILABLE, "fault injected: reset\n")
+                }
+                Some(pb::fault_abort::Error::HttpStatus(code)) => local(
+                    u16::try_from(code)
+                        .ok()
+                        .and_then(|c| StatusCode::from_u16(c).ok())
+                        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                    "fault filter abort\n",
+                ),
+                None => local(StatusCode::SERVICE_UNAVAILABLE, "fault filter abort\n"),
+            };
+            let mut response = response;
+            plan.shape(&mut response);
+            return (response, handled);
         }
     }
     // A backend by weight; weight 0 never, an invalid one answers 500 for its share.
@@ -331,6 +399,7 @@ struct Plan {
     mirrors: Vec<pb::RequestMirror>,
     response_modifiers: Vec<pb::HeaderModifier>,
     cors: HeaderMap,
+    faults: Vec<pb::FaultInjection>,
 }
 
 impl Plan {
@@ -381,6 +450,7 @@ fn apply_filter(
             CorsOutcome::Actual(add) => plan.cors = add,
             CorsOutcome::NotCors => {}
         },
+        Some(filter::Kind::Fault(f)) => plan.faults.push(*f),
         Some(filter::Kind::Unsupported(what)) => {
             tracing::debug!(filter = %what, "filter cannot be applied; answering 500");
             return Step::Answer(local(

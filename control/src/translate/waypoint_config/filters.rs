@@ -1,5 +1,6 @@
-//! Route filters: header and path modifiers, redirects, mirrors and the filter types the
-//! waypoint does not implement, read from any of the generated filter structs.
+//! Route filters: header and path modifiers, redirects, mirrors, `ExtensionRef`s to our
+//! FaultInjection objects, and the filter types the waypoint does not implement, read from
+//! any of the generated filter structs.
 
 use super::*;
 
@@ -174,9 +175,99 @@ pub(super) fn convert_filter(
                 max_age_seconds: c.max_age.and_then(|a| u32::try_from(a).ok()).unwrap_or(5),
             }))
         }
-        FilterType::ExtensionRef => Some(filter::Kind::Unsupported(match &f.extension_ref {
-            Some(e) => format!("ExtensionRef {}/{} {}", e.group, e.kind, e.name),
-            None => "ExtensionRef".into(),
-        })),
+        FilterType::ExtensionRef => match &f.extension_ref {
+            Some(e) => Some(extension_ref(ctx, route_ns, e)),
+            None => missing(),
+        },
+        // Must fail closed, and the waypoint has no external authorization: 500.
+        FilterType::ExternalAuth => Some(filter::Kind::Unsupported(
+            "ExternalAuth filter (not implemented by the waypoint)".into(),
+        )),
     }
+}
+
+/// An `ExtensionRef`: a `fault` filter when it names one of our FaultInjection objects in the
+/// route's namespace, else `unsupported` (the request gets 500; gateway-api-semantics §8.3
+/// forbids skipping a filter that cannot be resolved).
+pub(super) fn extension_ref(
+    ctx: &Context<'_>,
+    route_ns: &str,
+    e: &HttpRouteRulesFiltersExtensionRef,
+) -> filter::Kind {
+    let unsupported = |why: &str| {
+        filter::Kind::Unsupported(format!(
+            "ExtensionRef {}/{} {}: {why}",
+            e.group, e.kind, e.name
+        ))
+    };
+    if e.group != fault_types::GROUP || e.kind != fault_types::KIND {
+        return unsupported("unknown extension kind");
+    }
+    let Some(object) = ctx.store.fault_injection(route_ns, &e.name) else {
+        return unsupported(&format!("no such object in namespace {route_ns:?}"));
+    };
+    match fault(&object.spec) {
+        Ok(fault) => filter::Kind::Fault(fault),
+        Err(why) => unsupported(&why),
+    }
+}
+
+/// A FaultInjection spec as the waypoint applies it. The store validated it, so the errors
+/// are for specs that somehow were not: they make the filter `unsupported`, never a panic.
+pub(super) fn fault(spec: &FaultInjectionSpec) -> Result<pb::FaultInjection, String> {
+    let delay = match &spec.delay {
+        Some(d) => Some(FaultDelay {
+            fixed_delay_ms: duration_ms(&d.fixed_delay)
+                .ok_or_else(|| format!("invalid fixedDelay {:?}", d.fixed_delay))?,
+            percentage: Some(fraction(d.percentage, d.fraction.as_ref())?),
+        }),
+        None => None,
+    };
+    let abort = match &spec.abort {
+        Some(a) => {
+            let status = |v: i64| u32::try_from(v).map_err(|_| format!("invalid status {v}"));
+            let error = match (a.http_status, a.grpc_status, a.reset) {
+                (Some(s), None, None | Some(false)) => fault_abort::Error::HttpStatus(status(s)?),
+                (None, Some(s), None | Some(false)) => fault_abort::Error::GrpcStatus(status(s)?),
+                (None, None, Some(true)) => fault_abort::Error::Reset(true),
+                _ => {
+                    return Err(
+                        "abort needs exactly one of httpStatus, grpcStatus or reset: true".into(),
+                    );
+                }
+            };
+            Some(FaultAbort {
+                error: Some(error),
+                percentage: Some(fraction(a.percentage, a.fraction.as_ref())?),
+            })
+        }
+        None => None,
+    };
+    if delay.is_none() && abort.is_none() {
+        return Err("neither delay nor abort".into());
+    }
+    Ok(pb::FaultInjection { delay, abort })
+}
+
+/// `percentage: P` is P/100, a `fraction` is itself (denominator 100 when omitted), neither
+/// is every request (100/100); the denominator is always filled in.
+fn fraction(
+    percentage: Option<i64>,
+    fraction: Option<&fault_types::Fraction>,
+) -> Result<pb::Fraction, String> {
+    let (numerator, denominator) = match (percentage, fraction) {
+        (Some(p), None) => (p, 100),
+        (None, Some(f)) => (f.numerator, f.denominator.unwrap_or(100)),
+        (None, None) => (100, 100),
+        (Some(_), Some(_)) => return Err("both percentage and fraction".into()),
+    };
+    let numerator = u32::try_from(numerator).map_err(|_| format!("invalid share {numerator}"))?;
+    let denominator = u32::try_from(denominator)
+        .ok()
+        .filter(|d| *d > 0 && *d >= numerator)
+        .ok_or_else(|| format!("invalid share {numerator}/{denominator}"))?;
+    Ok(pb::Fraction {
+        numerator,
+        denominator,
+    })
 }

@@ -13,10 +13,14 @@
 //! - a GRPCRoute on a Service port drops the HTTPRoutes there (§8.11);
 //! - backends that cannot be used keep their place and weight with a [`BackendError`], so
 //!   the waypoint answers their share with 500 (§8.3); mirrors that cannot be used are
-//!   dropped (§8.5); filters that cannot be applied become `unsupported` (500, never skipped).
-//!
-//! Retries: the standard-channel route types the store holds have no `retry` field, so
-//! `RouteRule.retry` stays unset until the store reads the experimental channel.
+//!   dropped (§8.5); filters that cannot be applied become `unsupported` (500, never skipped);
+//! - an `ExtensionRef` filter naming one of our FaultInjection objects (group
+//!   `testbed.ambient.io`, in the route's namespace) becomes a `fault` filter; any other
+//!   `ExtensionRef`, or one whose object is missing, stays `unsupported` (§8.3);
+//! - HTTPRoute retries (GEP-1731, from the experimental-channel type the store holds) are
+//!   copied with `attempts` filled in: a `retry` stanza without `attempts` means 1 retry
+//!   (the GEP leaves the count to the implementation; §8.7 wants connection failures retried
+//!   whenever the stanza exists, so at least one, and one multiplies load the least).
 //!
 //! Routes whose parent is the waypoint Gateway (rather than a Service) are our choice of
 //! meaning: they apply to every Service bound to the waypoint whose hostname the route's
@@ -27,18 +31,21 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use dataplane::xds::proto::ambient::waypoint::{
-    self as pb, Action, Backend, BackendError, BoundService, Cors, Filter, GrpcMatch,
-    HeaderModifier, HttpMatch, MatchType, PathMatch, PathModifier, RequestMirror, RequestRedirect,
-    RouteKind, RouteRule, ServicePort, Timeouts, UrlRewrite, ValueMatch, WaypointConfig, filter,
-    path_modifier, route_rule,
+    self as pb, Action, Backend, BackendError, BoundService, Cors, FaultAbort, FaultDelay, Filter,
+    GrpcMatch, HeaderModifier, HttpMatch, MatchType, PathMatch, PathModifier, RequestMirror,
+    RequestRedirect, Retry, RouteKind, RouteRule, ServicePort, Timeouts, UrlRewrite, ValueMatch,
+    WaypointConfig, fault_abort, filter, path_modifier, route_rule,
 };
-use gateway_api::grpcroutes::{GrpcRoute, GrpcRouteRules, GrpcRouteRulesMatches};
-use gateway_api::httproutes::{
-    HttpRoute, HttpRouteRules, HttpRouteRulesFilters, HttpRouteRulesFiltersType as FilterType,
+// HTTPRoute from the experimental channel (what the store holds, `retry` included); its
+// filter type is also the one every other filter struct is read through.
+use gateway_api::experimental::httproutes::{
+    HttpRoute, HttpRouteRules, HttpRouteRulesFilters, HttpRouteRulesFiltersExtensionRef,
+    HttpRouteRulesFiltersType as FilterType,
     HttpRouteRulesFiltersUrlRewritePathType as RewritePathType, HttpRouteRulesMatches,
     HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
-    HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesTimeouts,
+    HttpRouteRulesMatchesQueryParamsType, HttpRouteRulesRetry, HttpRouteRulesTimeouts,
 };
+use gateway_api::grpcroutes::{GrpcRoute, GrpcRouteRules, GrpcRouteRulesMatches};
 use k8s_openapi::api::core::v1::Service as KubeService;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
@@ -48,6 +55,7 @@ use super::waypoints::{self, TrafficKind};
 use crate::snapshot::MeshConfig;
 use crate::sources::{Kind, Object};
 use crate::store::Store;
+use crate::types::fault::{self as fault_types, FaultInjectionSpec};
 use crate::types::security::{
     AuthorizationAction, AuthorizationPolicy, Condition, Operation, PolicyTargetReference, Rule,
     Source,

@@ -1,6 +1,6 @@
 //! Routes: HTTPRoute and GRPCRoute rules attached to a waypoint's Services, turned into
-//! precedence-sorted [`RouteRule`]s with their matches, backends and timeouts; the rules'
-//! filters are converted in the sibling `filters` module.
+//! precedence-sorted [`RouteRule`]s with their matches, backends, timeouts and retries; the
+//! rules' filters are converted in the sibling `filters` module.
 
 use super::*;
 
@@ -277,7 +277,8 @@ pub(super) fn grpc_match(spec: &GrpcRouteRulesMatches) -> GrpcMatch {
     }
 }
 
-/// A rule's action (filters, backends, timeouts), to be copied into each of its matches.
+/// A rule's action (filters, backends, timeouts, retries), to be copied into each of its
+/// matches.
 pub(super) fn http_action(ctx: &Context<'_>, route_ns: &str, rule: &HttpRouteRules) -> RouteRule {
     let backends = rule
         .backend_refs
@@ -294,6 +295,7 @@ pub(super) fn http_action(ctx: &Context<'_>, route_ns: &str, rule: &HttpRouteRul
         filters: filters(ctx, route_ns, rule.filters.as_deref().unwrap_or_default()),
         backends,
         timeouts: rule.timeouts.as_ref().map(timeouts),
+        retry: rule.retry.as_ref().map(retry),
         ..RouteRule::default()
     }
 }
@@ -406,6 +408,26 @@ pub(super) fn timeouts(t: &HttpRouteRulesTimeouts) -> Timeouts {
     Timeouts {
         request_ms: t.request.as_deref().and_then(duration_ms),
         backend_request_ms: t.backend_request.as_deref().and_then(duration_ms),
+    }
+}
+
+/// GEP-1731 retries. `attempts` unset is 1 (see the module doc); `codes` keep their listed
+/// order without repeats; `backoff` unset is 0 (no minimum wait). Validation has already
+/// refused codes outside 400–599, negative attempts and durations that do not parse.
+pub(super) fn retry(r: &HttpRouteRulesRetry) -> Retry {
+    let mut seen = BTreeSet::new();
+    Retry {
+        attempts: r
+            .attempts
+            .map_or(1, |a| u32::try_from(a.max(0)).unwrap_or(u32::MAX)),
+        codes: r
+            .codes
+            .iter()
+            .flatten()
+            .filter_map(|c| u32::try_from(*c).ok())
+            .filter(|c| seen.insert(*c))
+            .collect(),
+        backoff_ms: r.backoff.as_deref().and_then(duration_ms).unwrap_or(0),
     }
 }
 

@@ -1,8 +1,11 @@
 //! The waypoint's L7 configuration: routes attached to bound Services in Gateway API
 //! precedence order (gateway-api-semantics §8), invalid backends marked for 500s, and the
-//! AuthorizationPolicies that target the waypoint or its Services (policy-semantics §2.6).
+//! AuthorizationPolicies that target the waypoint or its Services (policy-semantics §2.6),
+//! GEP-1731 retries, and our FaultInjection through `ExtensionRef` filters.
 
+mod faults;
 mod policies;
+mod retries;
 mod routes;
 
 use dataplane::xds::proto::ambient::waypoint::{
@@ -46,6 +49,11 @@ kind: Service
 metadata: {name: v2, namespace: shop}
 spec: {selector: {app: v2}, ports: [{port: 8080}]}
 "#;
+
+/// The manifests [`configs`] translates: the cluster above plus `extra`, without BASE.
+pub(super) fn manifests(extra: &str) -> String {
+    format!("{CLUSTER}---\n{extra}")
+}
 
 pub(super) fn configs(extra: &str) -> std::collections::BTreeMap<String, WaypointConfig> {
     snap(&format!("{CLUSTER}---\n{extra}")).waypoints
