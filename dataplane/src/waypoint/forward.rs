@@ -25,7 +25,7 @@ use crate::xds::proto::ambient::waypoint as pb;
 pub(crate) const MAX_REPLAYED_BODY: usize = 4 * 1024 * 1024;
 
 /// Where and how to send one request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Forward {
     to: To,
     protocol: Protocol,
@@ -33,6 +33,8 @@ pub(crate) struct Forward {
     pub(crate) default_request_timeout: Option<Duration>,
     pub(crate) retry: Option<pb::Retry>,
     pub(crate) mirrors: Vec<pb::RequestMirror>,
+    /// The client's side of a WebSocket upgrade, spliced to the backend's on its 101.
+    pub(crate) upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +62,7 @@ impl Forward {
             default_request_timeout: None,
             retry: None,
             mirrors: Vec::new(),
+            upgrade: None,
         }
     }
 
@@ -119,6 +122,13 @@ struct Head {
     headers: HeaderMap,
 }
 
+/// Whether a request asks to become a WebSocket (HTTP/1.1 `Upgrade: websocket`).
+pub(crate) fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
 /// Headers that belong to one hop and are not forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 6] = [
     "connection",
@@ -137,8 +147,14 @@ impl Head {
         let grpc_te = headers
             .get(header::TE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        let websocket = is_websocket(&headers);
         for name in HOP_BY_HOP {
             headers.remove(name);
+        }
+        if websocket {
+            // The upgrade is asked of the next hop too (HTTP/1.1 only).
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
         let path = self
             .uri
@@ -183,11 +199,14 @@ impl Head {
     }
 }
 
-/// The response as the client gets it: hop-by-hop headers left out.
+/// The response as the client gets it: hop-by-hop headers left out (but those of a 101,
+/// which the client needs to see its upgrade accepted).
 fn downstream_response(response: Response<hyper::body::Incoming>) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
-    for name in HOP_BY_HOP {
-        parts.headers.remove(name);
+    if parts.status != StatusCode::SWITCHING_PROTOCOLS {
+        for name in HOP_BY_HOP {
+            parts.headers.remove(name);
+        }
     }
     Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
 }
@@ -206,6 +225,8 @@ pub(crate) async fn forward(
     };
     let replay = forward.retry.is_some() || !forward.mirrors.is_empty();
     // A body sent more than once is read whole first.
+    let mut forward = forward;
+    let mut upgrade = forward.upgrade.take();
     let (body, replayable) = if replay {
         match read_whole(body, MAX_REPLAYED_BODY).await {
             Ok(bytes) => (full(bytes.clone()), Some(bytes)),
@@ -235,7 +256,8 @@ pub(crate) async fn forward(
                 (None, Some(bytes)) => full(bytes.clone()),
                 (None, None) => full(Bytes::new()),
             };
-            let outcome = attempt(inner, &forward, &head, this_body).await;
+            // An upgrade is tried once: its client side cannot be handed out twice.
+            let outcome = attempt(inner, &forward, &head, this_body, upgrade.take()).await;
             let retry = match &outcome {
                 Outcome::Answered { response, .. } => forward
                     .retry
@@ -267,7 +289,13 @@ pub(crate) async fn forward(
 }
 
 /// One try: an endpoint, the request, the per-try timeout.
-async fn attempt(inner: &Arc<Inner>, forward: &Forward, head: &Head, body: Body) -> Outcome {
+async fn attempt(
+    inner: &Arc<Inner>,
+    forward: &Forward,
+    head: &Head,
+    body: Body,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Outcome {
     let target = match target(inner, &forward.to) {
         Ok(t) => t,
         Err(err) => {
@@ -279,18 +307,31 @@ async fn attempt(inner: &Arc<Inner>, forward: &Forward, head: &Head, body: Body)
             };
         }
     };
-    let request = head.request(forward.protocol, body);
-    let send = upstream::send(inner, &target, forward.protocol, request);
+    let protocol = if upgrade.is_some() {
+        Protocol::Http1
+    } else {
+        forward.protocol
+    };
+    let request = head.request(protocol, body);
+    let send = upstream::send(inner, &target, protocol, request);
     let result = match forward.backend_timeout() {
         None => Ok(send.await),
         Some(limit) => tokio::time::timeout(limit, send).await,
     };
     let upstream = Some(target.endpoint.clone());
     match result {
-        Ok(Ok(response)) => Outcome::Answered {
-            response: downstream_response(response),
-            upstream,
-        },
+        Ok(Ok(mut response)) => {
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(client) = upgrade
+            {
+                let backend = hyper::upgrade::on(&mut response);
+                tokio::spawn(splice(client, backend));
+            }
+            Outcome::Answered {
+                response: downstream_response(response),
+                upstream,
+            }
+        }
         Ok(Err(err)) => {
             tracing::debug!(%err, endpoint = %target.endpoint.name, "backend request failed");
             Outcome::Failed {
@@ -357,4 +398,18 @@ async fn read_whole(mut body: Body, limit: usize) -> Result<Bytes, String> {
         }
     }
     Ok(whole.freeze())
+}
+
+/// Joins an upgraded client connection to the upgraded backend connection, both ways, until
+/// either side closes.
+async fn splice(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(both) => both,
+        Err(err) => return tracing::debug!(%err, "upgrade did not complete"),
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut backend = hyper_util::rt::TokioIo::new(backend);
+    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+        tracing::debug!(%err, "upgraded connection ended");
+    }
 }

@@ -132,6 +132,11 @@ pub(crate) async fn handle(
     // is read by Transfer-Encoding alone, its Content-Length dropped, and the connection
     // closed after the answer (RFC 9112 §6.1, §6.3), so nothing smuggled behind it is read;
     // two different Content-Lengths are a 400. What goes to the backend is framed anew.
+    // A WebSocket (HTTP/1.1 Upgrade) keeps the client's side of the upgrade, to be spliced
+    // to the backend's once it answers 101.
+    let mut request = request;
+    let upgrade =
+        super::forward::is_websocket(request.headers()).then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     let body: Body = body.map_err(|e| Box::new(e) as BoxError).boxed();
     let grpc = downstream.grpc(&parts.headers);
@@ -165,6 +170,8 @@ pub(crate) async fn handle(
                 http_protocol(target_protocol, downstream.protocol),
             ),
         };
+        let mut forward = forward;
+        forward.upgrade = upgrade;
         let request = Request::from_parts(parts, body);
         return finish(&inner, &downstream, forward, request, handled).await;
     };
@@ -332,6 +339,7 @@ pub(crate) async fn handle(
     forward.default_request_timeout = inner.config.default_request_timeout;
     forward.retry = rule.entry.retry.clone();
     forward.mirrors = plan.mirrors.clone();
+    forward.upgrade = upgrade;
     let request = Request::from_parts(parts, body);
     let (mut response, handled) = finish(&inner, &downstream, forward, request, handled).await;
     plan.shape(&mut response);

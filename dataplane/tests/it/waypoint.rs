@@ -58,6 +58,25 @@ services:
     )
 }
 
+/// Every request the echoes received: (pod, path and query).
+static SEEN: std::sync::Mutex<Vec<(&str, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether `pod` received `target` within 5 s.
+async fn seen(pod: &str, target: &str) -> bool {
+    for _ in 0..100 {
+        if SEEN
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(p, t)| *p == pod && t == target)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 /// An HTTP/1.1 echo on `addr` answering `pod=<name> method=… path=… host=…` and one line per
 /// request header, so tests can see what the backend received.
 async fn http_echo(addr: SocketAddr, pod: &'static str) {
@@ -69,7 +88,40 @@ async fn http_echo(addr: SocketAddr, pod: &'static str) {
             };
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
-                    move |req: http::Request<hyper::body::Incoming>| async move {
+                    move |mut req: http::Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() == "/ws" {
+                            // A WebSocket endpoint: accept the upgrade, then echo raw bytes.
+                            let upgrade = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                if let Ok(upgraded) = upgrade.await {
+                                    let io = hyper_util::rt::TokioIo::new(upgraded);
+                                    let (mut r, mut w) = tokio::io::split(io);
+                                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                                }
+                            });
+                            let response = http::Response::builder()
+                                .status(101)
+                                .header("connection", "upgrade")
+                                .header("upgrade", "websocket")
+                                .header("x-backend", pod)
+                                .body(http_body_util::Full::new(Bytes::new()))
+                                .unwrap();
+                            return Ok::<_, std::convert::Infallible>(response);
+                        }
+                        let target = req
+                            .uri()
+                            .path_and_query()
+                            .map_or("/", |p| p.as_str())
+                            .to_string();
+                        SEEN.lock().unwrap().push((pod, target));
+                        if let Some(ms) = req
+                            .uri()
+                            .query()
+                            .and_then(|q| q.strip_prefix("delay="))
+                            .and_then(|d| d.parse::<u64>().ok())
+                        {
+                            tokio::time::sleep(Duration::from_millis(ms)).await;
+                        }
                         let mut body = format!(
                             "pod={pod}\nmethod={}\npath={}\n",
                             req.method(),
@@ -94,6 +146,7 @@ async fn http_echo(addr: SocketAddr, pod: &'static str) {
                 );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .with_upgrades()
                     .await;
             });
         }
@@ -184,8 +237,7 @@ impl Mesh {
     /// waypoint).
     async fn tunnel(&self) -> TcpStream {
         let vip = SocketAddr::new(ip(self.net, 100), 80);
-        let (code, stream) =
-            socks5(self.a.addresses().socks5.unwrap(), ip(self.net, 2), vip).await;
+        let (code, stream) = socks5(self.a.addresses().socks5.unwrap(), ip(self.net, 2), vip).await;
         assert_eq!(code, 0, "SOCKS5 to the echo VIP");
         stream.unwrap()
     }
@@ -456,7 +508,10 @@ async fn bad_requests_get_the_answer_the_spec_names_and_nothing_else_breaks() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.120}");
     assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
     assert!(!answer.contains("/admin"), "smuggled: {answer}");
-    assert!(!answer.contains("content-length: 5"), "the backend saw the stale length: {answer}");
+    assert!(
+        !answer.contains("content-length: 5"),
+        "the backend saw the stale length: {answer}"
+    );
     let answer = raw_exchange(
         &mesh,
         b"POST / HTTP/1.1\r\nhost: echo\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
@@ -466,13 +521,21 @@ async fn bad_requests_get_the_answer_the_spec_names_and_nothing_else_breaks() {
     // A client that stalls in its headers is closed after the header deadline (1 s here).
     let started = tokio::time::Instant::now();
     let answer = raw_exchange(&mesh, b"GET / HTTP/1.1\r\nhost: ec").await;
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(!answer.contains("200"), "{answer}");
     // Garbage on the waypoint's 15008: a TLS failure, logged.
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = TcpStream::connect(mesh.waypoint.addresses().inbound).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nnot TLS\r\n\r\n").await.unwrap();
+        let mut s = TcpStream::connect(mesh.waypoint.addresses().inbound)
+            .await
+            .unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nnot TLS\r\n\r\n")
+            .await
+            .unwrap();
         let mut out = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
         log_line(&[
@@ -503,5 +566,86 @@ async fn an_invalid_regex_answers_500_for_its_matches_only() {
     ]));
     assert_eq!(mesh.get("/fine", &[]).await.0, 200);
     assert_eq!(mesh.get("/other", &[]).await.0, 500);
-    log_line(&["route entry cannot be applied", "invalid regular expression"]).await;
+    log_line(&[
+        "route entry cannot be applied",
+        "invalid regular expression",
+    ])
+    .await;
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_is_carried_through_the_waypoint() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = Mesh::start().await;
+    mesh.waypoint.configure(mesh.service(vec![rule(
+        "ws",
+        prefix("/ws"),
+        vec![backend("echo-v2", 1)],
+    )]));
+    let mut s = mesh.tunnel().await;
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: echo\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\
+          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut byte))
+            .await
+            .expect("the 101 arrives")
+            .unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("x-backend: echo-v2-0"), "{head}");
+    // From here on the bytes are the WebSocket's, both ways.
+    s.write_all(b"frames both ways").await.unwrap();
+    let mut back = [0u8; 16];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .expect("the echo comes back")
+        .unwrap();
+    assert_eq!(&back, b"frames both ways");
+}
+
+#[tokio::test]
+async fn mirrors_get_a_copy_and_timeouts_answer_504() {
+    let mesh = Mesh::start().await;
+    let mut mirrored = rule("mirrored", prefix("/mirrored"), vec![backend("echo", 1)]);
+    mirrored.filters = vec![pb::Filter {
+        kind: Some(pb::filter::Kind::RequestMirror(pb::RequestMirror {
+            backend: Some(backend("echo-v2", 1)),
+            numerator: 100,
+            denominator: 100,
+        })),
+    }];
+    let mut slow = rule("slow", prefix("/slow"), vec![backend("echo", 1)]);
+    slow.timeouts = Some(pb::Timeouts {
+        request_ms: Some(300),
+        backend_request_ms: None,
+    });
+    mesh.waypoint.configure(mesh.service(vec![mirrored, slow]));
+    // The answer is the primary's; the mirror got the same path and query.
+    let target = format!("/mirrored?id={}", mesh.net[2]);
+    let (status, headers, _) = mesh.get(&target, &[]).await;
+    assert_eq!(
+        (status, &headers["x-backend"]),
+        (200, &"echo-v1-0".parse().unwrap())
+    );
+    assert!(seen("echo-v2-0", &target).await, "the mirror saw {target}");
+    // A backend slower than the request timeout: 504, at the timeout.
+    let started = tokio::time::Instant::now();
+    let (status, _, _) = mesh.get("/slow?delay=3000", &[]).await;
+    assert_eq!(status, 504);
+    assert!(
+        started.elapsed() < Duration::from_millis(2000),
+        "{:?}",
+        started.elapsed()
+    );
+    // The same path within its budget is answered.
+    assert_eq!(mesh.get("/slow?delay=10", &[]).await.0, 200);
 }

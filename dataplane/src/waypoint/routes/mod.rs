@@ -240,6 +240,37 @@ impl RouteTable {
     pub fn service(&self, key: &str) -> Option<&Arc<BoundService>> {
         self.by_key.get(key)
     }
+
+    /// The entry a request would take: to `vip:port`, from a client in `namespace`, with
+    /// this method, target (path and query) and headers. `None` when no route attaches or
+    /// nothing matches. What the proxy does per request, for explanations and benchmarks.
+    pub fn find(
+        &self,
+        vip: IpAddr,
+        port: u16,
+        namespace: &str,
+        method: &http::Method,
+        target: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<Arc<Rule>> {
+        let set = self
+            .by_vip
+            .get(&vip)?
+            .ports
+            .get(&port)?
+            .rules_for(namespace)?;
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let view = RequestView {
+            method,
+            path,
+            query,
+            headers,
+        };
+        set.find(&view).cloned()
+    }
 }
 
 #[cfg(test)]
