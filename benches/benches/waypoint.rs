@@ -227,12 +227,14 @@ impl Client {
                     .header("host", authority)
                     .body(Empty::new())
                     .expect("request");
+                send.ready().await.expect("the connection takes a request");
                 send.send_request(request).await
             }
             Client::H2(send) => {
                 let request = hyper::Request::get(format!("http://{authority}/bench"))
                     .body(Empty::new())
                     .expect("request");
+                send.ready().await.expect("the connection takes a request");
                 send.send_request(request).await
             }
         }
