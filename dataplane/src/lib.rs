@@ -5,10 +5,12 @@
 
 pub mod hbone;
 pub mod identity;
+mod listeners;
 pub mod localconfig;
 pub mod logging;
 pub mod memory;
 pub mod policy;
+pub mod process;
 pub mod seams;
 pub mod state;
 pub mod waypoint;

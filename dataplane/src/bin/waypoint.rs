@@ -3,14 +3,12 @@
 //! its certificate from istiod's CA (`CA_ADDRESS`) or a local CA (`LOCAL_CA_DIR`).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::{Context, bail};
-use dataplane::identity::LocalCa;
-use dataplane::seams::{Seams, SystemClock};
+use anyhow::bail;
+use dataplane::process;
+use dataplane::seams::Seams;
 use dataplane::state::StateHandle;
 use dataplane::waypoint::{self, Config};
-use dataplane::ztunnel::{CaClient, CertificateProvider, ControlPlaneClient, LocalCaProvider};
 
 const USAGE: &str = "\
 usage: waypoint [proxy | version | --help]
@@ -31,69 +29,16 @@ async fn proxy() -> anyhow::Result<()> {
     if config.mesh.xds_address.is_none() {
         bail!("no control plane: set XDS_ADDRESS (istiod's xDS address)\n\n{USAGE}");
     }
-    let seams = Seams::real(if config.mesh.seed != 0 {
-        config.mesh.seed
-    } else {
-        rand_seed()
-    });
-    let certificates: Arc<dyn CertificateProvider> =
-        match (&config.mesh.ca_address, std::env::var_os("LOCAL_CA_DIR")) {
-            (Some(address), _) => {
-                let client = ControlPlaneClient::new(
-                    address,
-                    &config.mesh.ca_root_ca,
-                    config.mesh.auth_token.clone(),
-                    &config.mesh.cluster_id,
-                    seams.network.clone(),
-                    seams.clock.clone(),
-                )?;
-                Arc::new(CaClient::new(client, config.mesh.certificate_ttl))
-            }
-            (None, Some(dir)) => {
-                let dir = PathBuf::from(dir);
-                let read = |name: &str| {
-                    let path = dir.join(name);
-                    std::fs::read_to_string(&path)
-                        .with_context(|| format!("reading {}", path.display()))
-                };
-                let ca = LocalCa::from_pem(&read("root-cert.pem")?, &read("ca-key.pem")?)
-                    .with_context(|| format!("loading the local CA from {}", dir.display()))?;
-                Arc::new(LocalCaProvider::new(
-                    ca,
-                    config.mesh.certificate_ttl,
-                    Arc::new(SystemClock),
-                ))
-            }
-            (None, None) => bail!("no certificate source: set CA_ADDRESS or LOCAL_CA_DIR"),
-        };
+    let seams = Seams::real(process::seed(config.mesh.seed));
+    let local_ca = std::env::var_os("LOCAL_CA_DIR").map(PathBuf::from);
+    let certificates = process::certificate_provider(&config.mesh, &seams, local_ca.as_deref())?;
     let proxy = waypoint::run(config, seams, StateHandle::default(), certificates).await?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
-        _ = terminated() => tracing::info!("SIGTERM"),
-        () = proxy.quit_requested() => tracing::info!("/quitquitquit"),
+        why = process::stop_signal() => tracing::info!("{why}; draining"),
+        () = proxy.quit_requested() => tracing::info!("/quitquitquit; draining"),
     }
     proxy.shutdown().await;
     Ok(())
-}
-
-/// Resolves on SIGTERM (what Kubernetes sends to stop a pod).
-async fn terminated() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending().await,
-    }
-}
-
-/// A seed for load-balancing choices in a real deployment, where replay does not matter.
-fn rand_seed() -> u64 {
-    use dataplane::seams::Clock;
-    SystemClock
-        .now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64 ^ u64::from(std::process::id()))
-        .unwrap_or(1)
 }
 
 fn run() -> anyhow::Result<()> {

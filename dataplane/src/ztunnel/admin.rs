@@ -9,11 +9,11 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use super::Inner;
 use crate::identity::Identity;
+use crate::listeners::{serve_http, text};
 use crate::policy::{ConnectionContext, evaluate};
 use crate::seams::Accepted;
 use crate::state::{GatewayAddress, GatewayDestination};
@@ -24,12 +24,6 @@ pub(crate) enum Endpoint {
     Readiness,
     Metrics,
     Admin,
-}
-
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    response
 }
 
 fn json_response(value: &Value) -> Response<Full<Bytes>> {
@@ -179,38 +173,8 @@ fn authorize(inner: &Inner, query: &str) -> Response<Full<Bytes>> {
     }
 }
 
-/// Requests no endpoint serves, whatever the path: an absolute-form or authority-form target
-/// asks this server to act as a proxy, which it is not; and stopping the proxy is for the
-/// node itself, so `/quitquitquit` from a peer that is not on loopback is refused (admin is
-/// reachable from elsewhere only when a ztunnel listens on a routable loopback-less address).
-fn refusal(peer: IpAddr, method: &Method, uri: &http::Uri) -> Option<(StatusCode, &'static str)> {
-    if uri.scheme().is_some() || uri.authority().is_some() {
-        return Some((
-            StatusCode::BAD_REQUEST,
-            "only origin-form request targets are served\n",
-        ));
-    }
-    if method == Method::POST && uri.path() == "/quitquitquit" && !peer.to_canonical().is_loopback()
-    {
-        return Some((
-            StatusCode::FORBIDDEN,
-            "only loopback peers may stop the proxy\n",
-        ));
-    }
-    None
-}
-
-fn handle(
-    inner: &Inner,
-    endpoint: Endpoint,
-    peer: IpAddr,
-    request: &Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    let uri = request.uri();
-    if let Some((status, reason)) = refusal(peer, request.method(), uri) {
-        return text(status, reason);
-    }
-    let path = uri.path();
+fn handle(inner: &Inner, endpoint: Endpoint, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
     match (endpoint, request.method(), path) {
         (Endpoint::Readiness, &Method::GET, "/healthz/ready") => match inner.pending_readiness() {
             None => text(StatusCode::OK, "ready\n"),
@@ -232,7 +196,7 @@ fn handle(
             authorize(inner, request.uri().query().unwrap_or(""))
         }
         (Endpoint::Admin, &Method::POST, "/quitquitquit") => {
-            tracing::info!(%peer, "stop requested through /quitquitquit");
+            tracing::info!("stop requested through /quitquitquit");
             inner.quit.send_replace(true);
             text(StatusCode::OK, "OK\n")
         }
@@ -246,57 +210,5 @@ fn handle(
 
 /// Serves one HTTP/1.1 connection on an admin-type listener.
 pub(crate) async fn serve(inner: Arc<Inner>, endpoint: Endpoint, accepted: Accepted) {
-    let peer = accepted.peer.ip();
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let response = handle(&inner, endpoint, peer, &request);
-        async move { Ok::<_, std::convert::Infallible>(response) }
-    });
-    let io = TokioIo::new(accepted.stream);
-    if let Err(err) = hyper::server::conn::http1::Builder::new()
-        .serve_connection(io, service)
-        .await
-    {
-        tracing::debug!(peer = %accepted.peer, %err, "admin connection ended with an error");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn refused(peer: &str, method: Method, target: &str) -> Option<StatusCode> {
-        refusal(peer.parse().unwrap(), &method, &target.parse().unwrap()).map(|(s, _)| s)
-    }
-
-    #[test]
-    fn quitquitquit_is_for_loopback_peers_only() {
-        for peer in ["127.0.0.1", "127.77.1.2", "::1", "::ffff:127.0.0.1"] {
-            assert_eq!(refused(peer, Method::POST, "/quitquitquit"), None, "{peer}");
-        }
-        for peer in ["10.0.0.7", "192.0.2.1", "::ffff:10.0.0.7", "fd00::1"] {
-            assert_eq!(
-                refused(peer, Method::POST, "/quitquitquit"),
-                Some(StatusCode::FORBIDDEN),
-                "{peer}"
-            );
-            // reading is not stopping
-            assert_eq!(refused(peer, Method::GET, "/config_dump"), None, "{peer}");
-        }
-    }
-
-    #[test]
-    fn only_origin_form_targets_are_served() {
-        assert_eq!(refused("127.0.0.1", Method::GET, "/metrics"), None);
-        for target in [
-            "http://evil.example/metrics",
-            "evil.example:80",
-            "https://x/",
-        ] {
-            assert_eq!(
-                refused("127.0.0.1", Method::GET, target),
-                Some(StatusCode::BAD_REQUEST),
-                "{target}"
-            );
-        }
-    }
+    serve_http(accepted, move |request| handle(&inner, endpoint, request)).await;
 }

@@ -52,13 +52,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
         async move {
             // Adopt the client side's traceparent as this connection's log id, so one
             // connection's lines on both nodes share it; make one when it is missing or bad.
-            let trace = incoming
-                .request
-                .headers
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok())
-                .and_then(TraceParent::parse)
-                .unwrap_or_else(|| TraceParent::generate(&inner.seams.entropy));
+            let trace = TraceParent::adopt(&incoming.request.headers, &inner.seams.entropy);
             let span = tracing::info_span!("inbound", id = %trace);
             handle_connect(inner, workload, incoming)
                 .instrument(span)

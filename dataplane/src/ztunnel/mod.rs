@@ -17,9 +17,8 @@ pub(crate) mod route;
 mod socks5;
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -29,7 +28,9 @@ use tokio::task::JoinHandle;
 
 use crate::hbone::Pool;
 use crate::identity::Identity;
-use crate::seams::{Accepted, Listener, Seams};
+pub(crate) use crate::listeners::signalled;
+use crate::listeners::{admin_ip, bind, spawn_accept_loop};
+use crate::seams::Seams;
 use crate::state::{State, StateHandle, TunnelProtocol, Workload};
 
 pub use certificates::{
@@ -166,43 +167,6 @@ pub struct Ztunnel {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Accepts until `stop` turns true, each connection on its own task.
-fn spawn_accept_loop<F, Fut>(
-    listener: Box<dyn Listener>,
-    mut stop: watch::Receiver<bool>,
-    handler: F,
-) -> JoinHandle<()>
-where
-    F: Fn(Accepted) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let handler = Arc::new(handler);
-    tokio::spawn(async move {
-        let local = listener.local_addr();
-        loop {
-            tokio::select! {
-                biased;
-                () = signalled(&mut stop) => return,
-                incoming = listener.accept() => match incoming {
-                    Ok(incoming) => {
-                        let handler = handler.clone();
-                        tokio::spawn(async move {
-                            match incoming.await {
-                                Ok(accepted) => handler(accepted).await,
-                                Err(err) => tracing::warn!(%local, %err, "accepted connection lost before it was resolved"),
-                            }
-                        });
-                    }
-                    Err(err) => {
-                        tracing::warn!(%local, %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                },
-            }
-        }
-    })
-}
-
 /// Starts a ztunnel: binds every listener, prefetches certificates for local workloads, and
 /// serves until [`Ztunnel::shutdown`].
 pub async fn run(
@@ -215,29 +179,12 @@ pub async fn run(
     let (terminate_tx, terminate) = watch::channel(false);
 
     let ip = config.listen_ip;
-    // Admin (config dumps, `/quitquitquit`) is for the node itself: it binds loopback, as
-    // upstream binds it to localhost, unless the listen address is itself a loopback address
-    // (several ztunnels on one machine, each on its own 127.x address).
-    let admin_ip = match ip {
-        ip if ip.is_loopback() => ip,
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-    };
+    let admin_ip = admin_ip(ip);
     let ports = config.ports;
     let network = seams.network.clone();
     let bind = |listener: &'static str, ip: IpAddr, port: u16| {
         let network = network.clone();
-        async move {
-            let address = SocketAddr::new(ip, port);
-            network
-                .bind(address)
-                .await
-                .map_err(|source| StartError::Bind {
-                    listener,
-                    address,
-                    source,
-                })
-        }
+        async move { bind(&*network, listener, SocketAddr::new(ip, port)).await }
     };
     let outbound_l = bind("outbound", ip, ports.outbound).await?;
     let plaintext_l = bind("inbound plaintext", ip, ports.inbound_plaintext).await?;
@@ -419,9 +366,4 @@ impl Ztunnel {
         }
         tracing::info!("ztunnel stopped");
     }
-}
-
-/// Resolves once `signal` is (or becomes) true, or its sender is gone.
-pub(crate) async fn signalled(signal: &mut watch::Receiver<bool>) {
-    let _ = signal.wait_for(|s| *s).await;
 }

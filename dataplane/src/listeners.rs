@@ -1,0 +1,199 @@
+//! What both proxies do with their listeners: bind through the network seam, accept until
+//! told to stop (each connection on its own task), and serve the admin-type HTTP endpoints
+//! (readiness, metrics, admin) with the same refusals.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::seams::{Accepted, Listener, Network};
+use crate::ztunnel::StartError;
+
+/// How long an admin-type HTTP client may take to send its request head.
+const HEADER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Where admin (config dumps, `/quitquitquit`) listens: loopback, as upstream binds it to
+/// localhost, unless the listen address is itself a loopback address (several proxies on
+/// one machine, each on its own 127.x address).
+pub(crate) fn admin_ip(listen: IpAddr) -> IpAddr {
+    match listen {
+        ip if ip.is_loopback() => ip,
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    }
+}
+
+/// Binds one listener, naming it in the error.
+pub(crate) async fn bind(
+    network: &dyn Network,
+    listener: &'static str,
+    address: SocketAddr,
+) -> Result<Box<dyn Listener>, StartError> {
+    network
+        .bind(address)
+        .await
+        .map_err(|source| StartError::Bind {
+            listener,
+            address,
+            source,
+        })
+}
+
+/// Resolves once `signal` is (or becomes) true, or its sender is gone.
+pub(crate) async fn signalled(signal: &mut watch::Receiver<bool>) {
+    let _ = signal.wait_for(|s| *s).await;
+}
+
+/// Accepts until `stop` turns true, each connection on its own task.
+pub(crate) fn spawn_accept_loop<F, Fut>(
+    listener: Box<dyn Listener>,
+    mut stop: watch::Receiver<bool>,
+    handler: F,
+) -> JoinHandle<()>
+where
+    F: Fn(Accepted) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        let local = listener.local_addr();
+        loop {
+            tokio::select! {
+                biased;
+                () = signalled(&mut stop) => return,
+                incoming = listener.accept() => match incoming {
+                    Ok(incoming) => {
+                        let handler = handler.clone();
+                        tokio::spawn(async move {
+                            match incoming.await {
+                                Ok(accepted) => handler(accepted).await,
+                                Err(err) => tracing::warn!(%local, %err, "accepted connection lost before it was resolved"),
+                            }
+                        });
+                    }
+                    Err(err) => {
+                        tracing::warn!(%local, %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+            }
+        }
+    })
+}
+
+/// A plain-text answer.
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+}
+
+/// Requests no admin-type endpoint serves, whatever the path: an absolute-form or
+/// authority-form target asks this server to act as a proxy, which it is not; and stopping
+/// the proxy is for the node itself, so `/quitquitquit` from a peer that is not on loopback
+/// is refused (admin is reachable from elsewhere only when a proxy listens on a routable
+/// loopback-less address).
+pub(crate) fn refusal(
+    peer: IpAddr,
+    method: &Method,
+    uri: &http::Uri,
+) -> Option<(StatusCode, &'static str)> {
+    if uri.scheme().is_some() || uri.authority().is_some() {
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "only origin-form request targets are served\n",
+        ));
+    }
+    if method == Method::POST && uri.path() == "/quitquitquit" && !peer.to_canonical().is_loopback()
+    {
+        return Some((
+            StatusCode::FORBIDDEN,
+            "only loopback peers may stop the proxy\n",
+        ));
+    }
+    None
+}
+
+/// Serves one HTTP/1.1 connection on an admin-type listener: every request that passes
+/// [`refusal`] goes to `handle`.
+pub(crate) async fn serve_http<H>(accepted: Accepted, handle: H)
+where
+    H: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    let peer = accepted.peer;
+    let handle = Arc::new(handle);
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let response = match refusal(peer.ip(), request.method(), request.uri()) {
+            Some((status, reason)) => text(status, reason),
+            None => handle(&request),
+        };
+        async move { Ok::<_, std::convert::Infallible>(response) }
+    });
+    if let Err(err) = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_DEADLINE)
+        .serve_connection(TokioIo::new(accepted.stream), service)
+        .await
+    {
+        tracing::debug!(%peer, %err, "admin connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(peer: &str, method: Method, target: &str) -> Option<StatusCode> {
+        refusal(peer.parse().unwrap(), &method, &target.parse().unwrap()).map(|(s, _)| s)
+    }
+
+    #[test]
+    fn quitquitquit_is_for_loopback_peers_only() {
+        for peer in ["127.0.0.1", "127.77.1.2", "::1", "::ffff:127.0.0.1"] {
+            assert_eq!(refused(peer, Method::POST, "/quitquitquit"), None, "{peer}");
+        }
+        for peer in ["10.0.0.7", "192.0.2.1", "::ffff:10.0.0.7", "fd00::1"] {
+            assert_eq!(
+                refused(peer, Method::POST, "/quitquitquit"),
+                Some(StatusCode::FORBIDDEN),
+                "{peer}"
+            );
+            // reading is not stopping
+            assert_eq!(refused(peer, Method::GET, "/config_dump"), None, "{peer}");
+        }
+    }
+
+    #[test]
+    fn only_origin_form_targets_are_served() {
+        assert_eq!(refused("127.0.0.1", Method::GET, "/metrics"), None);
+        for target in [
+            "http://evil.example/metrics",
+            "evil.example:80",
+            "https://x/",
+        ] {
+            assert_eq!(
+                refused("127.0.0.1", Method::GET, target),
+                Some(StatusCode::BAD_REQUEST),
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn admin_binds_loopback_unless_the_listen_address_is_loopback() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(admin_ip(ip("0.0.0.0")), ip("127.0.0.1"));
+        assert_eq!(admin_ip(ip("10.1.2.3")), ip("127.0.0.1"));
+        assert_eq!(admin_ip(ip("127.77.1.3")), ip("127.77.1.3"));
+        assert_eq!(admin_ip(ip("::")), ip("::1"));
+    }
+}
