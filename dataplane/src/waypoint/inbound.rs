@@ -165,7 +165,9 @@ async fn serve_request(
 ) -> Result<http::Response<proxy::Body>, FaultReset> {
     let started = tokio::time::Instant::now();
     let log = RequestLog::begin(&request);
+    let in_flight = InFlight::enter(&inner);
     let (response, handled) = proxy::handle(inner.clone(), downstream.clone(), request).await;
+    drop(in_flight);
     log.finish(&inner, &downstream, &response, &handled, started.elapsed());
     if handled.reset {
         // An error from the service makes hyper reset the stream (HTTP/2) or close the
@@ -173,6 +175,27 @@ async fn serve_request(
         return Err(FaultReset);
     }
     Ok(response)
+}
+
+/// Counts a request in flight for as long as it lives, even when its client goes away and
+/// its future is dropped.
+struct InFlight(Arc<Inner>);
+
+impl InFlight {
+    fn enter(inner: &Arc<Inner>) -> Self {
+        inner
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InFlight(inner.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// A fault asked for the request's stream to be reset.

@@ -22,6 +22,7 @@ mod upstream;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -57,6 +58,8 @@ pub(crate) struct Inner {
     /// Every subscribed xDS type has been answered (only waited for with `XDS_ADDRESS`).
     pub(crate) xds_synced: Arc<AtomicBool>,
     pub(crate) quit: watch::Sender<bool>,
+    /// Requests being handled, for a drain to wait on.
+    pub(crate) in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl Inner {
@@ -133,6 +136,7 @@ pub async fn run(
         configured: AtomicBool::new(false),
         xds_synced: Arc::new(AtomicBool::new(false)),
         quit: watch::Sender::new(false),
+        in_flight: std::sync::atomic::AtomicUsize::new(0),
     });
     let mut tasks = Vec::new();
     let i = inner.clone();
@@ -224,14 +228,19 @@ impl Waypoint {
         let _ = quit.wait_for(|q| *q).await;
     }
 
-    /// Graceful drain: stop accepting, GOAWAY on every HBONE connection, give requests in
-    /// flight the drain deadline, then stop.
+    /// Graceful drain: stop accepting, GOAWAY on every HBONE connection, wait for the
+    /// requests in flight (at most the drain deadline), then stop.
     pub async fn shutdown(self) {
         tracing::info!(deadline = ?self.inner.config.mesh.drain_deadline, "waypoint draining");
         self.inner.ready.store(false, Ordering::Release);
         self.drain.send_replace(true);
         self.inner.pool.clear();
-        tokio::time::sleep(self.inner.config.mesh.drain_deadline).await;
+        let deadline = tokio::time::Instant::now() + self.inner.config.mesh.drain_deadline;
+        while self.inner.in_flight.load(Ordering::Acquire) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         for task in &self.tasks {
             task.abort();
         }
