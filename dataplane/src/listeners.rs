@@ -140,6 +140,7 @@ where
     });
     if let Err(err) = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
+        .auto_date_header(false)
         .header_read_timeout(HEADER_DEADLINE)
         .serve_connection(TokioIo::new(accepted.stream), service)
         .await

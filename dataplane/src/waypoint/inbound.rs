@@ -136,8 +136,11 @@ async fn serve_http(inner: Arc<Inner>, downstream: Arc<Downstream>, stream: H2Io
         });
     let result = match downstream.protocol {
         Protocol::Http2 => {
+            // No Date header of hyper's own: it would read the host's wall clock, past the
+            // clock seam (and differ between two runs of one seed in the simulator).
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .auto_date_header(false)
                 .max_header_list_size(MAX_REQUEST_HEADERS as u32)
                 .serve_connection(io, service)
                 .await
@@ -145,6 +148,7 @@ async fn serve_http(inner: Arc<Inner>, downstream: Arc<Downstream>, stream: H2Io
         _ => {
             hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
+                .auto_date_header(false)
                 .header_read_timeout(inner.config.mesh.handshake_timeout)
                 .max_buf_size(MAX_REQUEST_HEADERS)
                 .serve_connection(io, service)

@@ -140,6 +140,19 @@ pub(crate) async fn handle(
     let (mut parts, body) = request.into_parts();
     let body: Body = body.map_err(|e| Box::new(e) as BoxError).boxed();
     let grpc = downstream.grpc(&parts.headers);
+    // L7 authorization is not evaluated here yet: a request to a Service that enforced
+    // policies cover cannot be judged, so it is denied (closed by default), never let through.
+    if let Destination::Service(s) = &downstream.destination
+        && !s.enforced_policies.is_empty()
+    {
+        tracing::warn!(service = %s.hostname, policies = ?s.enforced_policies, "L7 authorization policies apply but are not evaluated by this waypoint yet; denying");
+        handled.flags = "RBAC";
+        handled.service = Some((s.hostname.clone(), s.namespace.clone(), s.name.clone()));
+        return (
+            local(StatusCode::FORBIDDEN, "RBAC: access denied\n"),
+            handled,
+        );
+    }
     let (service, port) = match &downstream.destination {
         Destination::Service(s) => {
             handled.service = Some((s.hostname.clone(), s.namespace.clone(), s.name.clone()));

@@ -151,6 +151,9 @@ pub struct BoundService {
     pub name: String,
     pub hostname: String,
     pub ports: BTreeMap<u16, PortRoutes>,
+    /// Enforced (not dry-run, not AUDIT) AuthorizationPolicies that apply to this Service's
+    /// traffic: the waypoint's own and the Service's, by `namespace/name`.
+    pub enforced_policies: Vec<String>,
 }
 
 /// Everything the waypoint routes by, rebuilt whenever its configuration changes.
@@ -212,12 +215,20 @@ impl RouteTable {
                 }
                 ports.insert(port, routes);
             }
+            let enforced_policies = config
+                .policies
+                .iter()
+                .chain(&service.policies)
+                .filter(|p| !p.dry_run && p.action() != pb::Action::Audit)
+                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .collect();
             let bound = Arc::new(BoundService {
                 key: service.key.clone(),
                 namespace: service.namespace.clone(),
                 name: service.name.clone(),
                 hostname: service.hostname.clone(),
                 ports,
+                enforced_policies,
             });
             for vip in &service.vips {
                 // `network/address` or a bare address.
