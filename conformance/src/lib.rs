@@ -1,4 +1,43 @@
-//! Conformance suites (Gateway API HTTPRoute, mTLS and authorization policy), written as data
-//! and run against the simulator, the namespace cluster and kind.
+//! Conformance suites, written as data and run against targets: today the Gateway API
+//! HTTPRoute suite (`cases/gateway-api/`) against the deterministic simulator; the
+//! namespace cluster and kind are targets to come.
 //!
-//! Empty until the conformance issue.
+//! The parts: [`case`] (the format and its loader), [`profiles`] (how a test counts in a
+//! conformance profile), [`targets`] (where cases run, and what they saw), [`check`] (one
+//! answer against its expectations), [`runner`] (eventual consistency, statistics,
+//! verdicts) and [`report`] (the Gateway API `ConformanceReport`). The echo backend the
+//! cases talk to is `sim::apps::echo`, shared with the simulator and the `echo` binary.
+
+pub mod case;
+pub mod check;
+pub mod profiles;
+pub mod report;
+pub mod runner;
+pub mod targets;
+
+use std::path::Path;
+
+pub use case::{Base, Case, CaseError};
+pub use runner::{CaseResult, Summary, Verdict, run_case};
+
+/// The default seed `cargo conformance` runs with.
+pub const DEFAULT_SEED: u64 = 1;
+
+/// Runs every case of the suite in `dir` (only `only` when given) on `target`, calling
+/// `each` with every result as it comes.
+pub fn run_suite(
+    dir: &Path,
+    target: &dyn targets::Target,
+    only: Option<&str>,
+    mut each: impl FnMut(&CaseResult),
+) -> Result<Vec<CaseResult>, CaseError> {
+    let base = case::load_base(dir)?;
+    let cases = case::load_cases(dir)?;
+    let mut results = Vec::new();
+    for case in cases.iter().filter(|c| only.is_none_or(|id| c.id == id)) {
+        let result = run_case(target, &base, case);
+        each(&result);
+        results.push(result);
+    }
+    Ok(results)
+}

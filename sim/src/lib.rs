@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 pub use scenario::{Scenario, ScenarioError};
 use trace::hash_events;
-pub use world::{RunOutput, Violation};
+pub use world::{Delivery, RequestRecord, RunOutput, Violation};
 
 /// Where the scenarios live: `sim/scenarios`.
 pub fn scenarios_dir() -> PathBuf {
@@ -147,6 +147,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64) -> Report {
                 events: Vec::new(),
                 wire: wire::WireReport::default(),
                 requests: Vec::new(),
+                deliveries: Vec::new(),
                 violation: None,
                 failure: Some(format!("panicked: {message}")),
                 steps: 0,

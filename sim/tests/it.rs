@@ -153,3 +153,64 @@ fn heavy_scenarios_pass_and_replay() {
         assert_eq!(first.trace_hash, second.trace_hash, "{}", scenario.name);
     }
 }
+
+fn scenario(name: &str) -> Scenario {
+    Scenario::load(&scenarios_dir().join(format!("{name}.yaml"))).unwrap()
+}
+
+#[test]
+fn a_waypoint_added_under_traffic_fails_no_request() {
+    let s = scenario("waypoint-added-under-traffic");
+    let report = run_scenario(&s, s.seed);
+    assert!(report.passed(), "{}", report.line());
+    let all = s.traffic.iter().position(|t| t.name == "all").unwrap();
+    let requests: Vec<_> = report
+        .output
+        .requests
+        .iter()
+        .filter(|r| r.traffic == all)
+        .collect();
+    assert!(requests.len() > 200, "{} requests", requests.len());
+    // Not even in the windows after each change that the invariants leave unjudged.
+    let failed: Vec<_> = requests
+        .iter()
+        .filter(|r| r.outcome != sim::scenario::Outcome::Succeed)
+        .map(|r| format!("{} at {}ms: {}", r.conn, r.started.as_millis(), r.outcome))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}
+
+#[test]
+fn through_a_waypoint_the_destination_ztunnel_sees_the_waypoint_never_the_client() {
+    let s = scenario("waypoint-routes");
+    let report = run_scenario(&s, s.seed);
+    assert!(report.passed(), "{}", report.line());
+    let inbound: Vec<_> = report
+        .output
+        .events
+        .iter()
+        .filter(|e| {
+            e.component == "access"
+                && e.what.contains("connection complete")
+                && e.what.contains("direction=\"inbound\"")
+                && e.what.contains("dst.workload=\"echo-")
+        })
+        .collect();
+    assert!(inbound.len() > 100, "{} inbound connections", inbound.len());
+    for e in &inbound {
+        assert!(
+            e.what
+                .contains("src.identity=\"spiffe://cluster.local/ns/shop/sa/waypoint\""),
+            "{}",
+            e.what
+        );
+        assert!(!e.what.contains("sa/web"), "{}", e.what);
+    }
+    // and the waypoint saw the client's identity
+    assert!(report.output.events.iter().any(|e| {
+        e.host == "shop/waypoint-0"
+            && e.component == "access"
+            && e.what
+                .contains("src.identity=\"spiffe://cluster.local/ns/shop/sa/web\"")
+    }));
+}

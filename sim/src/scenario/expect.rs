@@ -47,6 +47,8 @@ pub enum Expected {
     Timeout,
     /// Anything but success (outages, partitions: how it fails is not the point).
     Fail,
+    /// Anything: each request is not judged (a traffic's `outcomes` judges the shares).
+    Any,
 }
 
 impl Expected {
@@ -58,6 +60,7 @@ impl Expected {
             Expected::Status(s) => outcome == Outcome::Status(s),
             Expected::Timeout => outcome == Outcome::Timeout,
             Expected::Fail => outcome != Outcome::Succeed,
+            Expected::Any => true,
         }
     }
 
@@ -76,6 +79,7 @@ impl fmt::Display for Expected {
             Expected::Status(s) => write!(f, "status {s}"),
             Expected::Timeout => f.write_str("timeout"),
             Expected::Fail => f.write_str("fail"),
+            Expected::Any => f.write_str("any"),
         }
     }
 }
@@ -89,11 +93,12 @@ impl<'de> Deserialize<'de> for Expected {
             "refused" => Expected::Refused,
             "timeout" => Expected::Timeout,
             "fail" => Expected::Fail,
+            "any" => Expected::Any,
             other => match other.strip_prefix("status ").map(str::parse::<u16>) {
                 Some(Ok(code)) if (100..600).contains(&code) => Expected::Status(code),
                 _ => {
                     return Err(de::Error::custom(format!(
-                        "unknown outcome {other:?}: succeed, denied, refused, timeout, fail or \"status <code>\""
+                        "unknown outcome {other:?}: succeed, denied, refused, timeout, fail, any or \"status <code>\""
                     )));
                 }
             },

@@ -155,6 +155,9 @@ pub struct HttpRequest {
     pub path: String,
     #[serde(default)]
     pub headers: std::collections::BTreeMap<String, String>,
+    /// The request body (sent with its `content-length`); none by default.
+    #[serde(default)]
+    pub body: Option<String>,
 }
 
 impl Default for HttpRequest {
@@ -163,6 +166,7 @@ impl Default for HttpRequest {
             method: get(),
             path: echo_path(),
             headers: Default::default(),
+            body: None,
         }
     }
 }
@@ -214,6 +218,16 @@ pub struct Traffic {
     /// must get nothing.
     #[serde(default)]
     pub split: Option<std::collections::BTreeMap<String, u32>>,
+    /// At the end, the shares of outcomes (`succeed`, `"status 503"`, `refused`, `timeout`)
+    /// must each be within 5 percentage points of weight / sum of weights: for faults and
+    /// flaky backends, with `expect: any`.
+    #[serde(default)]
+    pub outcomes: Option<std::collections::BTreeMap<String, u32>>,
+    /// Keep each HTTP answer whole (status, headers, body) in the run's request records, and
+    /// which pods received each request: what a conformance check compares. Off by default,
+    /// as long runs would hold every body.
+    #[serde(default)]
+    pub record: bool,
 }
 
 fn tcp() -> Protocol {

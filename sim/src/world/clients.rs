@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::shared::{Finished, Inboxed};
 use super::{RequestRecord, Shared};
-use crate::apps::{self, Conn, Job};
+use crate::apps::{self, Conn, HttpResponse, Job};
 use crate::scenario::Outcome;
 
 /// The node's pods' clients: takes requests from the node's inbox and makes them.
@@ -63,7 +63,7 @@ fn report(
     node: &str,
     job: &Job,
     started: Duration,
-    (outcome, backend): (Outcome, Option<String>),
+    (outcome, backend, response): (Outcome, Option<String>, Option<HttpResponse>),
 ) {
     let finished = turmoil::sim_elapsed().unwrap_or_default();
     shared.finished.borrow_mut().push(Finished {
@@ -76,6 +76,7 @@ fn report(
             finished,
             outcome,
             backend,
+            response,
         },
     });
 }
@@ -85,14 +86,14 @@ async fn one_request(shared: Rc<Shared>, node: String, job: Job) {
     let started = turmoil::sim_elapsed().unwrap_or_default();
     let attempt = async {
         let mut conn = apps::connect(&shared.network, &job).await.ok()?;
-        let (outcome, _, backend) = apps::exchange(&mut conn, &job).await;
+        let answer = apps::exchange(&mut conn, &job).await;
         close(&mut conn).await;
-        Some((outcome, backend))
+        Some((answer.outcome, answer.backend, answer.response))
     };
     let outcome = match tokio::time::timeout(job.timeout, attempt).await {
         Ok(Some(outcome)) => outcome,
-        Ok(None) => (Outcome::Refused, None),
-        Err(_) => (Outcome::Timeout, None),
+        Ok(None) => (Outcome::Refused, None, None),
+        Err(_) => (Outcome::Timeout, None, None),
     };
     report(&shared, &node, &job, started, outcome);
 }
@@ -126,18 +127,18 @@ async fn persistent_worker(
                 conn = apps::connect(&shared.network, &job).await.ok();
             }
             let c = conn.as_mut()?;
-            let (outcome, reusable, backend) = apps::exchange(c, &job).await;
-            if !reusable {
+            let answer = apps::exchange(c, &job).await;
+            if !answer.reusable {
                 conn = None;
             }
-            Some((outcome, backend))
+            Some((answer.outcome, answer.backend, answer.response))
         };
         let outcome = match tokio::time::timeout(job.timeout, attempt).await {
             Ok(Some(outcome)) => outcome,
-            Ok(None) => (Outcome::Refused, None),
+            Ok(None) => (Outcome::Refused, None, None),
             Err(_) => {
                 conn = None;
-                (Outcome::Timeout, None)
+                (Outcome::Timeout, None, None)
             }
         };
         if outcome.0 != Outcome::Succeed

@@ -126,6 +126,7 @@ pub(super) fn pod_table(store: &Store) -> BTreeMap<IpAddr, PodInfo> {
                     PodOwner::Pod => None,
                 },
                 labels: pod.labels.clone(),
+                service_account: pod.service_account().to_string(),
                 ports,
                 waypoint,
             },

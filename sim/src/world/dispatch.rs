@@ -278,6 +278,7 @@ impl Driver<'_> {
             persistent: traffic.connection == ConnectionMode::Persistent,
             authority,
             http: traffic.http.clone(),
+            record: traffic.record,
         };
         let inbox = &self.shared.inboxes[&source.node];
         inbox
@@ -299,6 +300,7 @@ impl Driver<'_> {
             finished: now,
             outcome,
             backend: None,
+            response: None,
         };
         self.judge(record);
     }

@@ -10,7 +10,7 @@ use dataplane::ztunnel::Ztunnel;
 
 use super::fingerprint::state_fingerprint;
 use super::shared::{Finished, Received};
-use super::{Driver, RequestRecord};
+use super::{Delivery, Driver, RequestRecord};
 use crate::scenario::{Capture, Expected, ISTIOD, Outcome};
 
 /// How often the driver compares every ztunnel's state with what istiod should publish.
@@ -76,6 +76,26 @@ impl Driver<'_> {
         // What applications received.
         let received: Vec<Received> = self.shared.received.borrow_mut().drain(..).collect();
         for r in received {
+            if self
+                .scenario
+                .traffic
+                .get(r.traffic)
+                .is_some_and(|t| t.record)
+            {
+                let pod = self
+                    .shared
+                    .pods
+                    .borrow()
+                    .get(&r.pod.ip())
+                    .map(|p| format!("{}/{}", p.namespace, p.name))
+                    .unwrap_or_else(|| r.pod.to_string());
+                self.deliveries.push(Delivery {
+                    traffic: r.traffic,
+                    request: r.request,
+                    pod,
+                    at: r.at,
+                });
+            }
             self.judge_received(r);
             if self.violation.is_some() {
                 return;
@@ -324,6 +344,23 @@ impl Driver<'_> {
             return;
         }
         for (index, traffic) in self.scenario.traffic.iter().enumerate() {
+            if let Some(outcomes) = &traffic.outcomes {
+                let seen: Vec<String> = self
+                    .requests
+                    .iter()
+                    .filter(|r| r.traffic == index)
+                    .filter(|r| {
+                        self.expectation(r.traffic, r.started)
+                            .is_some_and(|(_, _, in_window)| !in_window)
+                    })
+                    .map(|r| r.outcome.to_string())
+                    .collect();
+                if let Some(event) = share_violation(&traffic.name, outcomes, &seen, |o, k| o == k)
+                {
+                    self.violate("routing", event);
+                    return;
+                }
+            }
             let Some(split) = &traffic.split else {
                 continue;
             };
@@ -337,33 +374,11 @@ impl Driver<'_> {
                 })
                 .filter_map(|r| r.backend.as_deref())
                 .collect();
-            let total: u32 = split.values().sum();
-            if answered.is_empty() || total == 0 {
-                continue;
-            }
-            for (prefix, weight) in split {
-                let got = answered
-                    .iter()
-                    .filter(|b| b.starts_with(prefix.as_str()))
-                    .count();
-                let share = got as f64 / answered.len() as f64;
-                let want = f64::from(*weight) / f64::from(total);
-                let wrong = if *weight == 0 {
-                    got > 0
-                } else {
-                    (share - want).abs() > 0.05
-                };
-                if wrong {
-                    let event = format!(
-                        "traffic {}: {prefix}* answered {got} of {} requests ({:.1}%), weight {weight} of {total} wants {:.1}% ± 5",
-                        traffic.name,
-                        answered.len(),
-                        share * 100.0,
-                        want * 100.0
-                    );
-                    self.violate("routing", event);
-                    return;
-                }
+            if let Some(event) = share_violation(&traffic.name, split, &answered, |b, prefix| {
+                b.starts_with(prefix)
+            }) {
+                self.violate("routing", event);
+                return;
             }
         }
     }
@@ -429,4 +444,38 @@ impl Driver<'_> {
             );
         }
     }
+}
+
+/// Whether the shares of `seen` under each key of `weights` (as `belongs` says) miss weight /
+/// sum of weights by more than 5 percentage points, or a weight of 0 got anything: the
+/// Gateway API suite's bound for weights (gateway-api-semantics §5).
+fn share_violation<T: AsRef<str>>(
+    traffic: &str,
+    weights: &std::collections::BTreeMap<String, u32>,
+    seen: &[T],
+    belongs: impl Fn(&str, &str) -> bool,
+) -> Option<String> {
+    let total: u32 = weights.values().sum();
+    if seen.is_empty() || total == 0 {
+        return None;
+    }
+    for (key, weight) in weights {
+        let got = seen.iter().filter(|s| belongs(s.as_ref(), key)).count();
+        let share = got as f64 / seen.len() as f64;
+        let want = f64::from(*weight) / f64::from(total);
+        let wrong = if *weight == 0 {
+            got > 0
+        } else {
+            (share - want).abs() > 0.05
+        };
+        if wrong {
+            return Some(format!(
+                "traffic {traffic}: {key} had {got} of {} requests ({:.1}%), weight {weight} of {total} wants {:.1}% ± 5",
+                seen.len(),
+                share * 100.0,
+                want * 100.0
+            ));
+        }
+    }
+    None
 }

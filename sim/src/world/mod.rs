@@ -47,7 +47,7 @@ use crate::wire::{WireReport, WireTap};
 
 use cluster::{Prepared, apply_to, prepare};
 use fingerprint::Fingerprint;
-pub use output::{RequestRecord, RunOutput, Violation};
+pub use output::{Delivery, RequestRecord, RunOutput, Violation};
 use panics::{PANICS, install_panic_hook};
 use shared::Inbox;
 pub(crate) use shared::{PodInfo, Shared};
@@ -93,6 +93,7 @@ struct Driver<'s> {
     outstanding: BTreeMap<(usize, u64), (Duration, String)>,
     started: BTreeMap<(usize, u64), Duration>,
     requests: Vec<RequestRecord>,
+    deliveries: Vec<Delivery>,
     next_step: usize,
     /// The change configuration must converge after, and when it happened.
     pending: Option<(Duration, String)>,
@@ -125,6 +126,7 @@ fn run_traced(scenario: &Scenario, seed: u64, trace: Trace) -> RunOutput {
         events: trace.events(),
         wire: WireReport::default(),
         requests: Vec::new(),
+        deliveries: Vec::new(),
         violation: None,
         failure: Some(failure),
         steps: 0,
@@ -179,6 +181,7 @@ fn run_traced(scenario: &Scenario, seed: u64, trace: Trace) -> RunOutput {
         received: RefCell::default(),
         app_connections: RefCell::default(),
         tasks: Rc::default(),
+        flaky: RefCell::default(),
         panics,
     });
     let mut driver = Driver {
@@ -197,6 +200,7 @@ fn run_traced(scenario: &Scenario, seed: u64, trace: Trace) -> RunOutput {
         outstanding: BTreeMap::new(),
         started: BTreeMap::new(),
         requests: Vec::new(),
+        deliveries: Vec::new(),
         next_step: 0,
         pending: Some((Duration::ZERO, "start".into())),
         expected: Fingerprint::default(),
@@ -214,6 +218,7 @@ fn run_traced(scenario: &Scenario, seed: u64, trace: Trace) -> RunOutput {
         sim,
         tap,
         requests,
+        deliveries,
         violation,
         steps,
         timeline,
@@ -232,6 +237,7 @@ fn run_traced(scenario: &Scenario, seed: u64, trace: Trace) -> RunOutput {
         events,
         wire: tap.report(),
         requests,
+        deliveries,
         violation,
         failure,
         steps,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::apps::HttpResponse;
 use crate::scenario::Outcome;
 use crate::trace::Event;
 use crate::wire::WireReport;
@@ -31,6 +32,19 @@ pub struct RequestRecord {
     pub outcome: Outcome,
     /// The pod that answered an HTTP request, as its echo said.
     pub backend: Option<String>,
+    /// The whole HTTP answer, for traffic that asks to `record` it.
+    pub response: Option<HttpResponse>,
+}
+
+/// A request marker an application received (for traffic that asks to `record`): which pod
+/// got a copy of which request — the primary and any mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub traffic: usize,
+    pub request: u64,
+    /// `namespace/name` of the receiving pod.
+    pub pod: String,
+    pub at: Duration,
 }
 
 /// What a run produced.
@@ -40,6 +54,8 @@ pub struct RunOutput {
     pub events: Vec<Event>,
     pub wire: WireReport,
     pub requests: Vec<RequestRecord>,
+    /// What applications received, for traffic that asks to `record`.
+    pub deliveries: Vec<Delivery>,
     /// The first invariant that failed.
     pub violation: Option<Violation>,
     /// Why the run could not go on (a host error, a bad manifest, the time limit).

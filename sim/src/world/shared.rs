@@ -30,6 +30,9 @@ pub(crate) struct PodInfo {
     pub enrolled: bool,
     pub deployment: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Its service account: the identity (`spiffe://cluster.local/ns/<ns>/sa/<sa>`) its
+    /// connections carry in the mesh, which the HTTP echo reports for its peers.
+    pub service_account: String,
     /// Container port → named port and app.
     pub ports: BTreeMap<u16, (Option<String>, AppKind)>,
     /// For one of a waypoint's own pods: the waypoint Gateway's name and the pod's service
@@ -88,6 +91,8 @@ pub(crate) struct Shared {
     pub(super) received: RefCell<Vec<Received>>,
     pub(super) app_connections: RefCell<BTreeMap<String, i64>>,
     pub(crate) tasks: Rc<TaskLedger>,
+    /// Requests each flaky path has had, per pod.
+    pub(crate) flaky: RefCell<BTreeMap<(IpAddr, String), u64>>,
     pub(super) panics: Rc<RefCell<Vec<String>>>,
 }
 

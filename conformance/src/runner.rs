@@ -1,0 +1,292 @@
+//! Running cases on a target and judging them: PASS, FAIL or SKIP, each with its reason.
+//!
+//! An ordinary request passes on the first 3 consecutive tries that match (upstream's
+//! eventual-consistency rule, gateway-api-semantics §2); if no 3 in a row match, it fails
+//! with the last mismatch. A statistical request's samples must each match, and their
+//! shares meet §5's bounds: backend weights within 5 points absolute (weight 0 gets
+//! nothing), mirrored copies within 3 binomial standard deviations.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::case::{Base, Case, RequestSpec};
+use crate::check::check;
+use crate::profiles::Profile;
+use crate::targets::{Answer, CaseRun, Observation, Target};
+use sim::apps::echo::EchoBody;
+
+/// Consecutive matching tries that make a pass.
+pub const IN_A_ROW: usize = 3;
+
+/// A case's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail(String),
+    Skip(String),
+}
+
+impl Verdict {
+    pub fn word(&self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Fail(_) => "FAIL",
+            Verdict::Skip(_) => "SKIP",
+        }
+    }
+}
+
+/// One case's result with what the report needs about the case.
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    pub id: String,
+    pub test: String,
+    pub profile: Profile,
+    pub features: Vec<String>,
+    pub provisional: bool,
+    pub verdict: Verdict,
+    /// The run's wall time in seconds (not judged; for the line).
+    pub wall_secs: f64,
+}
+
+impl fmt::Display for CaseResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} ({} {})",
+            self.verdict.word(),
+            self.id,
+            self.profile.name(),
+            self.test
+        )?;
+        match &self.verdict {
+            Verdict::Pass => write!(f, " {:.1}s", self.wall_secs),
+            Verdict::Fail(why) | Verdict::Skip(why) => write!(f, ": {why}"),
+        }
+    }
+}
+
+/// Runs `case` on `target` and judges it.
+pub fn run_case(target: &dyn Target, base: &Base, case: &Case) -> CaseResult {
+    let started = std::time::Instant::now();
+    let verdict = match &case.skip {
+        Some(reason) => Verdict::Skip(reason.clone()),
+        None => match target.run(base, case) {
+            Ok(run) => judge(case, &run),
+            Err(e) => Verdict::Fail(e.to_string()),
+        },
+    };
+    CaseResult {
+        id: case.id.clone(),
+        test: case.test.clone(),
+        profile: case.profile,
+        features: case.features.clone(),
+        provisional: case.provisional,
+        verdict,
+        wall_secs: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// The verdict on what a target saw for `case`.
+pub fn judge(case: &Case, run: &CaseRun) -> Verdict {
+    let replay = run
+        .replay
+        .as_ref()
+        .map(|r| format!(" (replay: {r})"))
+        .unwrap_or_default();
+    for (index, request) in case.requests.iter().enumerate() {
+        let tries = run.tries.get(index).map(Vec::as_slice).unwrap_or_default();
+        let result = if request.samples.is_some() {
+            judge_samples(case.profile, request, tries)
+        } else {
+            judge_eventually(case.profile, request, tries)
+        };
+        if let Err(why) = result {
+            return Verdict::Fail(format!("{}: {why}{replay}", request.label()));
+        }
+    }
+    if let Some(problem) = &run.problem {
+        return Verdict::Fail(format!("{problem}{replay}"));
+    }
+    Verdict::Pass
+}
+
+/// Passes on the first `IN_A_ROW` consecutive matching tries; else the last mismatch.
+fn judge_eventually(
+    profile: Profile,
+    request: &RequestSpec,
+    tries: &[Observation],
+) -> Result<(), String> {
+    let mut row = 0;
+    let mut last: Option<(u64, String)> = None;
+    for observed in tries {
+        match check(profile, request, observed) {
+            Ok(()) => {
+                row += 1;
+                if row == IN_A_ROW {
+                    return Ok(());
+                }
+            }
+            Err(why) => {
+                row = 0;
+                last = Some((observed.at_ms, why));
+            }
+        }
+    }
+    Err(match last {
+        Some((at, why)) => format!(
+            "not {IN_A_ROW} matching answers in a row in {} tries; the last mismatch (at {at}ms): {why}",
+            tries.len()
+        ),
+        None => format!(
+            "{} tries, fewer than {IN_A_ROW} in a row needed",
+            tries.len()
+        ),
+    })
+}
+
+/// Every sample must match; then weights and mirrors must be within their bounds.
+fn judge_samples(
+    profile: Profile,
+    request: &RequestSpec,
+    samples: &[Observation],
+) -> Result<(), String> {
+    let wanted = request.samples.unwrap_or_default() as usize;
+    if samples.len() < wanted {
+        return Err(format!("{} of {wanted} samples were sent", samples.len()));
+    }
+    for observed in samples {
+        check(profile, request, observed)
+            .map_err(|why| format!("sample at {}ms: {why}", observed.at_ms))?;
+    }
+    if let Some(weights) = &request.weights {
+        let backends: Vec<String> = samples
+            .iter()
+            .filter_map(|o| match &o.answer {
+                Answer::Response(r) => serde_json::from_str::<EchoBody>(&r.body)
+                    .ok()
+                    .map(|e| e.pod),
+                _ => None,
+            })
+            .collect();
+        weights_within(weights, &backends)?;
+    }
+    if let Some(mirrors) = &request.mirrors {
+        for (prefix, percent) in mirrors {
+            let n = samples.len() as f64;
+            let got = samples
+                .iter()
+                .filter(|o| {
+                    o.received_by
+                        .iter()
+                        .filter(|pod| pod_name(pod).starts_with(prefix.as_str()))
+                        .count()
+                        > 0
+                })
+                .count() as f64;
+            let p = percent / 100.0;
+            let sigma = (n * p * (1.0 - p)).sqrt();
+            let (low, high) = (n * p - 3.0 * sigma, n * p + 3.0 * sigma);
+            if got < low.floor() || got > high.ceil() {
+                return Err(format!(
+                    "{prefix}* received {got} mirrored copies of {n} requests; {percent}% wants {:.0}..{:.0}",
+                    low.max(0.0),
+                    high
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The pod name of `namespace/pod`.
+fn pod_name(qualified: &str) -> &str {
+    qualified.rsplit('/').next().unwrap_or(qualified)
+}
+
+/// Each prefix's share within 5 points of weight / sum; weight 0 gets nothing; and nothing
+/// answers that no weight names.
+pub fn weights_within(weights: &BTreeMap<String, u32>, backends: &[String]) -> Result<(), String> {
+    let total: u32 = weights.values().sum();
+    if backends.is_empty() || total == 0 {
+        return Err("no answered samples to judge".into());
+    }
+    let n = backends.len() as f64;
+    if let Some(stray) = backends
+        .iter()
+        .find(|b| !weights.keys().any(|k| b.starts_with(k.as_str())))
+    {
+        return Err(format!("{stray} answered, which no weight names"));
+    }
+    for (prefix, weight) in weights {
+        let got = backends
+            .iter()
+            .filter(|b| b.starts_with(prefix.as_str()))
+            .count();
+        let share = got as f64 / n;
+        let want = f64::from(*weight) / f64::from(total);
+        let wrong = if *weight == 0 {
+            got > 0
+        } else {
+            (share - want).abs() > 0.05
+        };
+        if wrong {
+            return Err(format!(
+                "{prefix}* answered {got} of {n} ({:.1}%), weight {weight} of {total} wants {:.1}% ± 5",
+                share * 100.0,
+                want * 100.0
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Counts of each verdict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+impl Summary {
+    pub fn of(results: &[CaseResult]) -> Summary {
+        let mut s = Summary::default();
+        for r in results {
+            match r.verdict {
+                Verdict::Pass => s.passed += 1,
+                Verdict::Fail(_) => s.failed += 1,
+                Verdict::Skip(_) => s.skipped += 1,
+            }
+        }
+        s
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.skipped
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_judged_within_five_points() {
+        let weights: BTreeMap<String, u32> = [("a".to_string(), 70), ("b".to_string(), 30)]
+            .into_iter()
+            .collect();
+        let mut backends: Vec<String> = (0..70).map(|_| "a-0".to_string()).collect();
+        backends.extend((0..30).map(|_| "b-0".to_string()));
+        assert!(weights_within(&weights, &backends).is_ok());
+        backends.truncate(80);
+        let err = weights_within(&weights, &backends).unwrap_err();
+        assert!(err.contains("a* answered 70 of 80"), "{err}");
+    }
+}
