@@ -302,7 +302,9 @@ fn rule_filters(
             "RequestRedirect and URLRewrite cannot be combined in one rule",
         ));
     }
-    if seen.contains(&&T::RequestRedirect) && !rule.backend_refs.as_deref().unwrap_or_default().is_empty() {
+    if seen.contains(&&T::RequestRedirect)
+        && !rule.backend_refs.as_deref().unwrap_or_default().is_empty()
+    {
         return Err(check.fail(
             format!("{field}.backendRefs"),
             "a rule with a RequestRedirect filter cannot have backendRefs",

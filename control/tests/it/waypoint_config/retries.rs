@@ -187,7 +187,8 @@ spec:
 
 #[test]
 fn filters_the_crd_refuses_are_refused_naming_object_and_field() {
-    let header = "{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: a, value: b}]}}";
+    let header =
+        "{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: a, value: b}]}}";
     let redirect = "{type: RequestRedirect, requestRedirect: {statusCode: 301}}";
     let rewrite = "{type: URLRewrite, urlRewrite: {hostname: x}}";
     let mirror = "{type: RequestMirror, requestMirror: {backendRef: {name: v2, port: 8080}}}";
@@ -226,5 +227,9 @@ spec:
 "#
         ))
     );
-    assert!(store(&ok).get(Kind::HttpRoute, "shop", "two-mirrors").is_some());
+    assert!(
+        store(&ok)
+            .get(Kind::HttpRoute, "shop", "two-mirrors")
+            .is_some()
+    );
 }
