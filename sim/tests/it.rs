@@ -214,3 +214,28 @@ fn through_a_waypoint_the_destination_ztunnel_sees_the_waypoint_never_the_client
                 .contains("src.identity=\"spiffe://cluster.local/ns/shop/sa/web\"")
     }));
 }
+
+#[test]
+fn the_backend_is_reached_from_the_waypoints_address_with_its_identity() {
+    let mut s = scenario("waypoint-routes");
+    for t in &mut s.traffic {
+        t.record = true;
+    }
+    let report = run_scenario(&s, s.seed);
+    assert!(report.passed(), "{}", report.line());
+    let bodies: Vec<&str> = report
+        .output
+        .requests
+        .iter()
+        .filter_map(|r| r.response.as_ref())
+        .map(|r| r.body.as_str())
+        .collect();
+    assert!(bodies.len() > 100, "{} answers", bodies.len());
+    for body in bodies {
+        // The echo names the identity of the pod it was reached from: the waypoint's.
+        assert!(
+            body.contains(r#""peerIdentity":"spiffe://cluster.local/ns/shop/sa/waypoint""#),
+            "{body}"
+        );
+    }
+}

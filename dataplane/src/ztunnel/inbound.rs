@@ -228,7 +228,10 @@ async fn handle_connect(inner: Arc<Inner>, workload: Arc<Workload>, incoming: In
     tracing::debug!(src.addr = %peer, %decision, "inbound connection authorized");
     let tracked = inner.tracker.register(context, workload.uid.clone());
     let target = SocketAddr::new(destination_ip, port);
-    let upstream = match inner.seams.network.connect(None, target).await {
+    // From the client's own address where this host can (wire facts §4.5 step 6: upstream
+    // spoofs the source when it can), so the workload sees who called it; the network seam
+    // falls back to the host's address.
+    let upstream = match inner.seams.network.connect(Some(peer.ip()), target).await {
         Ok(s) => s,
         Err(err) => {
             return refuse(

@@ -69,7 +69,13 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
     }
     let tracked = inner.tracker.register(context, workload.uid.clone());
     let counts = Arc::new(ByteCounts::default());
-    let mut upstream = match inner.seams.network.connect(None, destination).await {
+    // From the client's own address where this host can, as on the HBONE path.
+    let mut upstream = match inner
+        .seams
+        .network
+        .connect(Some(peer.ip()), destination)
+        .await
+    {
         Ok(s) => Counted::new(s, counts.clone()),
         Err(err) => {
             inner.metrics.failed.get_or_create(&labels("CONNECT")).inc();
