@@ -192,3 +192,25 @@ async fn policies_the_waypoint_cannot_evaluate_deny_and_dry_run_ones_do_not() {
     assert_eq!((status, body.as_str()), (403, "RBAC: access denied\n"));
     log_line(&["not evaluated by this waypoint yet", "shop/allow-all"]).await;
 }
+
+#[tokio::test]
+async fn an_invalid_backend_answers_500_for_its_share_only() {
+    let mesh = Mesh::start().await;
+    let mut invalid = backend("missing", 1);
+    invalid.error = pb::BackendError::NotFound.into();
+    mesh.waypoint.configure(mesh.service(vec![rule(
+        "half-invalid",
+        None,
+        vec![backend("echo", 1), invalid],
+    )]));
+    let mut errors = 0;
+    for _ in 0..60 {
+        match mesh.get("/", &[]).await.0 {
+            200 => {}
+            500 => errors += 1,
+            other => panic!("status {other}"),
+        }
+    }
+    // Half the weight is invalid: 30 of 60 expected; 15..=45 is far beyond 3 sigma.
+    assert!((15..=45).contains(&errors), "{errors} of 60 answered 500");
+}
