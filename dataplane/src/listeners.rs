@@ -97,6 +97,41 @@ pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<
     response
 }
 
+/// `/healthz/ready`: 200 `ready`, or 500 naming what readiness still waits for (upstream's
+/// answer).
+pub(crate) fn readiness(pending: Option<&str>) -> Response<Full<Bytes>> {
+    match pending {
+        None => text(StatusCode::OK, "ready\n"),
+        Some(pending) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("not ready, pending: {pending}\n"),
+        ),
+    }
+}
+
+/// Prometheus text, as upstream serves `/metrics` and `/stats/prometheus`.
+pub(crate) fn metrics(encoded: String) -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::OK, encoded);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// A JSON answer (`/config_dump`, explanations).
+pub(crate) fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = text(
+        StatusCode::OK,
+        serde_json::to_vec_pretty(value).unwrap_or_default(),
+    );
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 /// Requests no admin-type endpoint serves, whatever the path: an absolute-form or
 /// authority-form target asks this server to act as a proxy, which it is not; and stopping
 /// the proxy is for the node itself, so `/quitquitquit` from a peer that is not on loopback

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::Inner;
-use crate::listeners::{serve_http, text};
+use crate::listeners::{json, metrics, readiness, serve_http, text};
 use crate::seams::Accepted;
 
 #[derive(Debug, Clone, Copy)]
@@ -73,32 +73,13 @@ fn config_dump(inner: &Inner) -> Value {
 fn handle(inner: &Inner, endpoint: Endpoint, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let uri = request.uri();
     match (endpoint, request.method(), uri.path()) {
-        (Endpoint::Readiness, &Method::GET, "/healthz/ready") => match inner.pending_readiness() {
-            None => text(StatusCode::OK, "ready\n"),
-            Some(pending) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("not ready, pending: {pending}\n"),
-            ),
-        },
+        (Endpoint::Readiness, &Method::GET, "/healthz/ready") => {
+            readiness(inner.pending_readiness())
+        }
         (Endpoint::Metrics, &Method::GET, "/metrics" | "/stats/prometheus") => {
-            let mut response = text(StatusCode::OK, inner.metrics.encode());
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            response
+            metrics(inner.metrics.encode())
         }
-        (Endpoint::Admin, &Method::GET, "/config_dump") => {
-            let mut response = text(
-                StatusCode::OK,
-                serde_json::to_vec_pretty(&config_dump(inner)).unwrap_or_default(),
-            );
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            response
-        }
+        (Endpoint::Admin, &Method::GET, "/config_dump") => json(&config_dump(inner)),
         (Endpoint::Admin, &Method::POST, "/quitquitquit") => {
             tracing::info!("stop requested through /quitquitquit");
             inner.quit.send_replace(true);

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::Inner;
 use crate::identity::Identity;
-use crate::listeners::{serve_http, text};
+use crate::listeners::{json, metrics, readiness, serve_http, text};
 use crate::policy::{ConnectionContext, evaluate};
 use crate::seams::Accepted;
 use crate::state::{GatewayAddress, GatewayDestination};
@@ -24,18 +24,6 @@ pub(crate) enum Endpoint {
     Readiness,
     Metrics,
     Admin,
-}
-
-fn json_response(value: &Value) -> Response<Full<Bytes>> {
-    let mut response = text(
-        StatusCode::OK,
-        serde_json::to_vec_pretty(value).unwrap_or_default(),
-    );
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 fn gateway(g: &Option<GatewayAddress>) -> Value {
@@ -168,7 +156,7 @@ fn authorize(inner: &Inner, query: &str) -> Response<Full<Bytes>> {
         }))
     });
     match verdict {
-        Some(v) => json_response(&v),
+        Some(v) => json(&v),
         None => text(StatusCode::NOT_FOUND, format!("no workload at {dst}\n")),
     }
 }
@@ -176,22 +164,13 @@ fn authorize(inner: &Inner, query: &str) -> Response<Full<Bytes>> {
 fn handle(inner: &Inner, endpoint: Endpoint, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     match (endpoint, request.method(), path) {
-        (Endpoint::Readiness, &Method::GET, "/healthz/ready") => match inner.pending_readiness() {
-            None => text(StatusCode::OK, "ready\n"),
-            Some(pending) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("not ready, pending: {pending}\n"),
-            ),
-        },
-        (Endpoint::Metrics, &Method::GET, "/metrics" | "/stats/prometheus") => {
-            let mut response = text(StatusCode::OK, inner.metrics.encode());
-            response.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            response
+        (Endpoint::Readiness, &Method::GET, "/healthz/ready") => {
+            readiness(inner.pending_readiness())
         }
-        (Endpoint::Admin, &Method::GET, "/config_dump") => json_response(&config_dump(inner)),
+        (Endpoint::Metrics, &Method::GET, "/metrics" | "/stats/prometheus") => {
+            metrics(inner.metrics.encode())
+        }
+        (Endpoint::Admin, &Method::GET, "/config_dump") => json(&config_dump(inner)),
         (Endpoint::Admin, &Method::GET, "/debug/authorize") => {
             authorize(inner, request.uri().query().unwrap_or(""))
         }
