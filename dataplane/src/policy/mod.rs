@@ -3,6 +3,7 @@
 
 mod cidr;
 mod evaluate;
+pub mod request;
 
 use std::fmt;
 

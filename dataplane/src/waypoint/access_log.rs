@@ -85,6 +85,9 @@ impl RequestLog {
         if let Some(route) = &handled.route {
             let _ = write!(fields, " route={route:?}");
         }
+        if let Some(authorization) = &handled.authorization {
+            let _ = write!(fields, " authorization={authorization:?}");
+        }
         let _ = write!(
             fields,
             " method={} path={:?} status={status} response_flags={} duration=\"{}ms\"",

@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::Inner;
 use super::access_log::RequestLog;
+use super::authorize::authorize;
 use super::proxy::{self, Destination, Downstream};
 use super::routes::Protocol;
 use super::upstream::{self, Target};
@@ -58,7 +59,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
 }
 
 /// Where the authority points, and what is spoken there.
-fn resolve(inner: &Inner, authority: SocketAddr) -> Option<(Destination, Protocol)> {
+pub(crate) fn resolve(inner: &Inner, authority: SocketAddr) -> Option<(Destination, Protocol)> {
     let table = inner.routes.borrow().clone();
     if let Some(service) = table.service_by_vip(authority.ip()) {
         let protocol = service
@@ -107,6 +108,7 @@ async fn handle_connect(inner: Arc<Inner>, incoming: IncomingConnect) {
     let downstream = Arc::new(Downstream {
         peer: request.peer,
         identity: request.peer_identity.clone(),
+        principal: request.peer_identity.as_ref().map(|i| i.principal()),
         source,
         authority,
         destination,
@@ -207,8 +209,21 @@ impl Drop for InFlight {
 #[error("fault injected: stream reset")]
 struct FaultReset;
 
-/// A port that does not speak HTTP: the bytes go to the addressed Service or workload.
+/// A port that does not speak HTTP: authorized once as a connection (HTTP-only attributes
+/// as on Envoy's TCP chain), then the bytes go to the addressed Service or workload. When
+/// the configuration changes the connection is judged again, and closed if now denied.
 async fn passthrough(inner: &Arc<Inner>, downstream: &Downstream, stream: H2Io) {
+    let verdict = authorize(inner, downstream, None);
+    if !verdict.allowed {
+        let authorization = verdict.summary.as_deref().unwrap_or_default();
+        tracing::info!(
+            target: "access",
+            "src.addr={} dst.hbone_addr={} authorization={authorization:?} response_flags=RBAC connection denied",
+            downstream.peer,
+            downstream.authority
+        );
+        return;
+    }
     let target = match &downstream.destination {
         Destination::Service(s) => upstream::choose(inner, &s.key, downstream.authority.port()),
         Destination::Unbound(s) => upstream::choose(inner, &s.key(), downstream.authority.port()),
@@ -218,14 +233,28 @@ async fn passthrough(inner: &Arc<Inner>, downstream: &Downstream, stream: H2Io) 
             service: None,
         }),
     };
+    let mut changes = inner.routes.subscribe();
     let result = match target {
         Ok(target) => match upstream::open_stream(inner, &target).await {
             Ok(mut up) => {
                 let mut down = stream;
-                tokio::io::copy_bidirectional(&mut down, &mut up)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+                tokio::pin!(copy);
+                loop {
+                    tokio::select! {
+                        done = &mut copy => break done.map(|_| ()).map_err(|e| e.to_string()),
+                        changed = changes.changed() => {
+                            if changed.is_err() {
+                                break Ok(());
+                            }
+                            let verdict = authorize(inner, downstream, None);
+                            if !verdict.allowed {
+                                tracing::info!(src.addr = %downstream.peer, dst.hbone_addr = %downstream.authority, authorization = verdict.summary.as_deref().unwrap_or_default(), "connection closed because it's no longer allowed after a policy update");
+                                break Ok(());
+                            }
+                        }
+                    }
+                }
             }
             Err(err) => Err(err.to_string()),
         },

@@ -9,6 +9,7 @@
 
 mod access_log;
 mod admin;
+mod authorize;
 mod config;
 mod control_plane;
 mod filters;

@@ -4,6 +4,7 @@
 //! nothing matches, 500 for an invalid backend's share or a filter that cannot be applied,
 //! redirects, and CORS preflights.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use super::Inner;
+use super::authorize::{authorize, denied};
 use super::filters::{
     CorsOutcome, RedirectFrom, cors, matched_prefix, modify_headers, redirect, rewrite_path,
     split_query,
@@ -21,6 +23,7 @@ use super::filters::{
 use super::forward::{self, Forward, Outcome};
 use super::routes::{BoundService, Protocol, RequestView};
 use crate::identity::Identity;
+use crate::policy::request::{HttpAttributes, normalize};
 use crate::state::Workload;
 use crate::xds::proto::ambient::waypoint::{self as pb, BackendError, filter};
 
@@ -42,6 +45,8 @@ pub(crate) enum Destination {
 pub(crate) struct Downstream {
     pub(crate) peer: SocketAddr,
     pub(crate) identity: Option<Identity>,
+    /// `identity`'s principal (`<td>/ns/<ns>/sa/<sa>`), for policies, made once.
+    pub(crate) principal: Option<String>,
     pub(crate) source: Option<Arc<Workload>>,
     /// The CONNECT authority: the original destination.
     pub(crate) authority: SocketAddr,
@@ -119,6 +124,8 @@ pub(crate) struct Handled {
     pub(crate) reset: bool,
     pub(crate) upstream: Option<Arc<Workload>>,
     pub(crate) service: Option<(String, String, String)>,
+    /// The authorization decision in one line, when a policy applied.
+    pub(crate) authorization: Option<String>,
 }
 
 /// Routes and answers one request.
@@ -140,24 +147,43 @@ pub(crate) async fn handle(
     let (mut parts, body) = request.into_parts();
     let body: Body = body.map_err(|e| Box::new(e) as BoxError).boxed();
     let grpc = downstream.grpc(&parts.headers);
-    // L7 authorization is not evaluated here yet: a request to a Service that enforced
-    // policies cover cannot be judged, so it is denied (closed by default), never let through.
-    if let Destination::Service(s) = &downstream.destination
-        && !s.enforced_policies.is_empty()
-    {
-        tracing::warn!(service = %s.hostname, policies = ?s.enforced_policies, "L7 authorization policies apply but are not evaluated by this waypoint yet; denying");
-        handled.flags = "RBAC";
+    // One normalized path for authorization, routing and the backend alike: a policy
+    // judges what the backend will see (`/public/../admin` is `/admin` to all three).
+    if let Cow::Owned(normalized) = normalize(parts.uri.path()) {
+        let target = match parts.uri.query() {
+            Some(q) => format!("{normalized}?{q}"),
+            None => normalized,
+        };
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        match target.parse() {
+            Ok(p) => uri.path_and_query = Some(p),
+            Err(_) => return (local(StatusCode::BAD_REQUEST, "bad path\n"), handled),
+        }
+        match http::Uri::from_parts(uri) {
+            Ok(u) => parts.uri = u,
+            Err(_) => return (local(StatusCode::BAD_REQUEST, "bad path\n"), handled),
+        }
+    }
+    if let Destination::Service(s) = &downstream.destination {
         handled.service = Some((s.hostname.clone(), s.namespace.clone(), s.name.clone()));
-        return (
-            local(StatusCode::FORBIDDEN, "RBAC: access denied\n"),
-            handled,
-        );
+    }
+    let verdict = {
+        let host = request_host(&parts, downstream.authority);
+        let http = HttpAttributes {
+            method: parts.method.as_str(),
+            host: &host,
+            path: parts.uri.path(),
+            headers: &parts.headers,
+        };
+        authorize(&inner, &downstream, Some(http))
+    };
+    handled.authorization = verdict.summary;
+    if !verdict.allowed {
+        handled.flags = "RBAC";
+        return (denied(grpc), handled);
     }
     let (service, port) = match &downstream.destination {
-        Destination::Service(s) => {
-            handled.service = Some((s.hostname.clone(), s.namespace.clone(), s.name.clone()));
-            (Some(s.clone()), s.ports.get(&downstream.authority.port()))
-        }
+        Destination::Service(s) => (Some(s.clone()), s.ports.get(&downstream.authority.port())),
         Destination::Workload(_) | Destination::Unbound(_) => (None, None),
     };
     let client_namespace = downstream

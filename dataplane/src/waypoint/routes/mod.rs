@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::policy::request::{RequestPolicy, compile};
 use crate::xds::proto::ambient::waypoint::{self as pb, RouteKind, WaypointConfig};
 
 pub(crate) use index::RuleIndex;
@@ -151,9 +152,9 @@ pub struct BoundService {
     pub name: String,
     pub hostname: String,
     pub ports: BTreeMap<u16, PortRoutes>,
-    /// Enforced (not dry-run, not AUDIT) AuthorizationPolicies that apply to this Service's
-    /// traffic: the waypoint's own and the Service's, by `namespace/name`.
-    pub enforced_policies: Vec<String>,
+    /// The AuthorizationPolicies that apply to this Service's traffic, compiled: the
+    /// waypoint's own (Gateway and GatewayClass attached), then the Service's.
+    pub policies: Arc<[RequestPolicy]>,
 }
 
 /// Everything the waypoint routes by, rebuilt whenever its configuration changes.
@@ -163,6 +164,8 @@ pub struct RouteTable {
     pub name: String,
     by_vip: BTreeMap<IpAddr, Arc<BoundService>>,
     by_key: BTreeMap<String, Arc<BoundService>>,
+    /// Policies attached to the waypoint itself: all that workload-addressed traffic meets.
+    pub policies: Arc<[RequestPolicy]>,
     /// The configuration this was built from, for `/config_dump`.
     pub(crate) source: WaypointConfig,
     /// Entries whose matches could not be compiled, with why.
@@ -174,6 +177,7 @@ impl RouteTable {
         let mut table = RouteTable {
             namespace: config.namespace.clone(),
             name: config.name.clone(),
+            policies: config.policies.iter().map(compile).collect(),
             ..RouteTable::default()
         };
         for service in &config.services {
@@ -215,12 +219,11 @@ impl RouteTable {
                 }
                 ports.insert(port, routes);
             }
-            let enforced_policies = config
+            let policies = table
                 .policies
                 .iter()
-                .chain(&service.policies)
-                .filter(|p| !p.dry_run && p.action() != pb::Action::Audit)
-                .map(|p| format!("{}/{}", p.namespace, p.name))
+                .cloned()
+                .chain(service.policies.iter().map(compile))
                 .collect();
             let bound = Arc::new(BoundService {
                 key: service.key.clone(),
@@ -228,7 +231,7 @@ impl RouteTable {
                 name: service.name.clone(),
                 hostname: service.hostname.clone(),
                 ports,
-                enforced_policies,
+                policies,
             });
             for vip in &service.vips {
                 // `network/address` or a bare address.

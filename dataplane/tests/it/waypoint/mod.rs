@@ -356,6 +356,7 @@ pub(super) fn rule(
     }
 }
 
+mod authorization;
 mod bad_input;
 mod protocols;
 mod routing;

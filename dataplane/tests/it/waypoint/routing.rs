@@ -168,32 +168,6 @@ async fn weights_split_traffic_and_weight_zero_gets_nothing() {
 }
 
 #[tokio::test]
-async fn policies_the_waypoint_cannot_evaluate_deny_and_dry_run_ones_do_not() {
-    let mesh = Mesh::start().await;
-    let policy = |name: &str, dry_run: bool| pb::AuthorizationPolicy {
-        namespace: "shop".into(),
-        name: name.into(),
-        action: pb::Action::Allow.into(),
-        dry_run,
-        rules: vec![pb::Rule::default()],
-        ..pb::AuthorizationPolicy::default()
-    };
-    let mut config = mesh.service(Vec::new());
-    config.services[0].policies = vec![policy("only-logged", true)];
-    mesh.waypoint.configure(config.clone());
-    assert_eq!(
-        mesh.get("/", &[]).await.0,
-        200,
-        "a dry-run policy only logs"
-    );
-    config.policies = vec![policy("allow-all", false)];
-    mesh.waypoint.configure(config);
-    let (status, _, body) = mesh.get("/", &[]).await;
-    assert_eq!((status, body.as_str()), (403, "RBAC: access denied\n"));
-    log_line(&["not evaluated by this waypoint yet", "shop/allow-all"]).await;
-}
-
-#[tokio::test]
 async fn an_invalid_backend_answers_500_for_its_share_only() {
     let mesh = Mesh::start().await;
     let mut invalid = backend("missing", 1);
