@@ -273,6 +273,45 @@ fn trust_domains_are_silently_ignored() {
     );
 }
 
+/// Validation refuses these shapes; a policy built in code can still carry them, and then
+/// translates as upstream's translator would, never as something more permissive.
+#[test]
+fn shapes_validation_refuses_still_translate_as_upstream() {
+    let (deny_nothing, _) = ztunnel("shop", "action: DENY");
+    assert!(deny_nothing.rules.is_empty());
+    assert!(allowed(&deny_nothing, &conn(WEB, 80)), "never matches");
+
+    for section in ["from: [{source: {}}]", "to: [{operation: {}}]"] {
+        let (allow, _) = ztunnel("shop", &format!("rules: [{{{section}}}]"));
+        assert!(
+            !allowed(&allow, &conn(WEB, 80)),
+            "{section}: matches nothing"
+        );
+        let (deny, _) = ztunnel("shop", &format!("action: DENY\nrules: [{{{section}}}]"));
+        assert!(allowed(&deny, &conn(WEB, 80)), "{section}: matches nothing");
+    }
+    // Upstream emits no clause for an empty list: no constraint.
+    let (any_source, _) = ztunnel("shop", "action: DENY\nrules: [{from: []}]");
+    assert!(!allowed(&any_source, &conn(WEB, 80)));
+
+    let (wildcard, _) = ztunnel(
+        "shop",
+        r#"rules: [{from: [{source: {serviceAccounts: ["*"]}}]}]"#,
+    );
+    assert!(
+        !allowed(&wildcard, &conn(WEB, 80)),
+        "compared exactly: a literal `*` account"
+    );
+
+    let (unknown_key, notes) = ztunnel("shop", "rules: [{when: [{key: bogus, values: [x]}]}]");
+    assert!(unknown_key.rules.is_empty(), "{notes:?}");
+    let (unknown_key, _) = ztunnel(
+        "shop",
+        "action: DENY\nrules: [{when: [{key: bogus, values: [x]}]}]",
+    );
+    assert!(allowed(&unknown_key, &conn(WEB, 80)));
+}
+
 #[test]
 fn waypoint_and_unsupported_policies_never_reach_ztunnel() {
     for yaml in [
