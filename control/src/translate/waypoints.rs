@@ -5,12 +5,16 @@
 //! its namespace's; `istio.io/use-waypoint-namespace` next to the label used names the
 //! waypoint's namespace. The waypoint must exist, admit the object's namespace on its HBONE
 //! listener (`allowedRoutes.namespaces`, Same by default), and carry traffic of that kind
-//! (`istio.io/waypoint-for`: service by default, workload, all, none). Otherwise: no waypoint
-//! (traffic goes direct, as upstream does for a bogus or unready waypoint).
+//! (`istio.io/waypoint-for`: service by default, workload, all, none), and be ready.
+//! Otherwise: no waypoint (traffic goes direct, as upstream does for a bogus or unready
+//! waypoint, policy-semantics §4.3 rule 3). Binding an unready waypoint would be worse than
+//! not binding: ztunnels would be told to send the traffic to an address that does not
+//! resolve yet, and refuse it.
 //!
-//! Readiness is not checked: without a real cluster nothing writes the Gateway's status, and
-//! deploying the waypoint is the control plane's own job (the store plays that part from
-//! manifests: `store::waypoints`).
+//! Readiness ([`ready`]) is upstream's "the Gateway's status has an address". Without a
+//! cluster nothing writes that status, so a waypoint the store deploys itself (manifests:
+//! `store::waypoints`) is ready once its Service has a cluster IP, the address the status
+//! would carry.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +22,7 @@ use dataplane::state::{GatewayAddress, GatewayDestination, NamespacedHostname};
 use gateway_api::gateways::{Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From};
 
 use crate::snapshot::MeshConfig;
+use crate::sources::{Kind, Object};
 use crate::store::Store;
 
 pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
@@ -174,8 +179,36 @@ pub fn bound_to(
     };
     let (gw_ns, gw_name) = chosen?;
     let gateway = store.gateway(&gw_ns, &gw_name)?;
-    (is_waypoint(gateway) && carries(gateway, kind) && admits(store, gateway, namespace))
-        .then_some((gw_ns, gw_name))
+    (is_waypoint(gateway)
+        && ready(store, gateway)
+        && carries(gateway, kind)
+        && admits(store, gateway, namespace))
+    .then_some((gw_ns, gw_name))
+}
+
+/// Whether a waypoint Gateway can take traffic: its status has an address (what upstream's
+/// istiod waits for), or the store deployed it in istiod's place and the Service it generated
+/// (or a declared one of that name that shadows it) has a cluster IP. A Gateway the store does
+/// not deploy (with `--kube`, or addresses that name a deployment of the user's) is ready only
+/// by its status, as upstream.
+pub fn ready(store: &Store, gateway: &Gateway) -> bool {
+    let status_address = gateway
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_deref())
+        .is_some_and(|a| a.iter().any(|a| !a.value.is_empty()));
+    if status_address {
+        return true;
+    }
+    if !store.config().deploy_waypoints || !crate::store::waypoints::managed(gateway) {
+        return false;
+    }
+    let namespace = gateway.metadata.namespace.as_deref().unwrap_or("");
+    let name = gateway.metadata.name.as_deref().unwrap_or("");
+    match store.get(Kind::Service, namespace, name) {
+        Some(Object::Service(service)) => !store.service_ips(service).is_empty(),
+        _ => false,
+    }
 }
 
 /// Whether a pod with `labels` in `namespace` is one of a waypoint's own pods.

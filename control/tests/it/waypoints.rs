@@ -1,8 +1,11 @@
 //! Waypoint binding for Services and workloads (wire facts §5, policy-semantics §4.3).
 
+use control::snapshot::Snapshot;
+use control::sources;
+use control::store::{Store, StoreConfig};
 use dataplane::state::{GatewayAddress, GatewayDestination, NamespacedHostname, TunnelProtocol};
 
-use crate::common::{deployment, snap, uid};
+use crate::common::{BASE, deployment, snap, snapshot_of, uid};
 
 const SVC: &str = "shop/echo.shop.svc.cluster.local";
 
@@ -237,4 +240,77 @@ fn waypoint_pods_never_use_a_waypoint_and_tunnel_natively() {
     assert_eq!(w.waypoint, None);
     assert!(w.native_tunnel);
     assert_eq!(w.protocol, TunnelProtocol::Hbone);
+}
+
+/// BASE, an `all` waypoint (`gateway`), a Service and a pod both labelled to use it, in a
+/// store configured as `config`.
+fn unready_case(config: StoreConfig, gateway: &str) -> Snapshot {
+    let yaml = format!(
+        "{BASE}\n---\n{gateway}---\n{}---\n{}",
+        service("istio.io/use-waypoint: waypoint"),
+        deployment(
+            "shop",
+            "echo",
+            ", istio.io/use-waypoint: waypoint",
+            "echo",
+            ""
+        )
+    );
+    let mut store = Store::new(config);
+    sources::apply_loaded(&mut store, sources::parse_str(&yaml, "t.yaml").unwrap()).unwrap();
+    snapshot_of(&store)
+}
+
+fn bindings(s: &Snapshot) -> (Option<GatewayAddress>, Option<GatewayAddress>) {
+    (
+        s.services[SVC].waypoint.clone(),
+        s.workloads[&uid("shop", "echo-0")].waypoint.clone(),
+    )
+}
+
+const STATUS: &str = "status:\n  addresses: [{type: IPAddress, value: 10.96.0.99}]\n";
+
+/// A waypoint that is not ready yet (policy-semantics §4.3 rule 3) binds nothing: clients go
+/// direct instead of being sent to an address that does not resolve.
+#[test]
+fn waypoint_without_an_address_binds_nothing() {
+    // As with --kube: istiod in the cluster deploys the waypoint and writes its status.
+    let kube = StoreConfig {
+        deploy_waypoints: false,
+        ..StoreConfig::default()
+    };
+    let gateway = waypoint("shop", "waypoint", Some("all"), "Same");
+    let s = unready_case(kube.clone(), &gateway);
+    assert_eq!(bindings(&s), (None, None));
+    assert!(s.waypoints["shop/waypoint"].services.is_empty());
+
+    let s = unready_case(kube, &format!("{gateway}{STATUS}"));
+    let bound = address("shop", "waypoint");
+    assert_eq!(bindings(&s), (bound.clone(), bound));
+    assert_eq!(s.waypoints["shop/waypoint"].services.len(), 1);
+}
+
+#[test]
+fn deployed_waypoint_is_ready_once_its_service_has_a_cluster_ip() {
+    let gateway = waypoint("shop", "waypoint", Some("all"), "Same");
+    let bound = address("shop", "waypoint");
+    // The store deploys it and numbers its Service: ready without any status.
+    let s = unready_case(StoreConfig::default(), &gateway);
+    assert_eq!(bindings(&s), (bound.clone(), bound));
+
+    // A declared headless Service of that name shadows the generated one: no address.
+    let headless = "apiVersion: v1\nkind: Service\nmetadata: {name: waypoint, namespace: shop}\nspec: {clusterIP: None, selector: {gateway.networking.k8s.io/gateway-name: waypoint}, ports: [{name: mesh, port: 15008}]}\n";
+    let s = unready_case(StoreConfig::default(), &format!("{gateway}---\n{headless}"));
+    assert_eq!(bindings(&s), (None, None));
+
+    // Addresses that name a deployment of the user's: istiod does not deploy it, so only a
+    // status address makes it ready.
+    let external = gateway.replace(
+        "spec:\n",
+        "spec:\n  addresses: [{type: Hostname, value: wp.example.com}]\n",
+    );
+    let s = unready_case(StoreConfig::default(), &external);
+    assert_eq!(bindings(&s), (None, None));
+    let s = unready_case(StoreConfig::default(), &format!("{external}{STATUS}"));
+    assert!(bindings(&s).0.is_some() && bindings(&s).1.is_some());
 }
