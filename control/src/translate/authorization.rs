@@ -3,6 +3,9 @@
 //!
 //! - policies with `targetRef(s)` are for waypoints and never reach ztunnel; AUDIT and CUSTOM
 //!   are not supported there either;
+//! - a policy annotated `istio.io/dry-run` reaches ztunnels (marked dry-run: logged, never
+//!   enforced) only with the `AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY` flag, and is not
+//!   sent at all without it ([`translate_policy`]);
 //! - scope: a selector → WorkloadSelector; no selector → Namespace, or Global in the root
 //!   namespace;
 //! - each rule becomes one rule of clauses: the `to` operations (destination ports) as one
@@ -15,8 +18,13 @@ use dataplane::policy::{
     Action, Authorization, Cidr, Clause, Match, Rule, Scope, ServiceAccountMatch, StringMatch,
 };
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::features::Features;
+use crate::snapshot::MeshConfig;
 use crate::types::security::{
-    AuthorizationAction, AuthorizationPolicySpec, Condition, Operation, Rule as SpecRule, Source,
+    AuthorizationAction, AuthorizationPolicy, AuthorizationPolicySpec, Condition, Operation,
+    Rule as SpecRule, Source,
 };
 
 /// What translating one policy gave.
@@ -200,14 +208,63 @@ fn translate_rule(rule: &SpecRule, policy_namespace: &str) -> (Rule, Vec<String>
     (Rule { clauses }, l7)
 }
 
-/// Translates one AuthorizationPolicy named `namespace/name`.
+/// The annotation that makes a policy log-only.
+pub const DRY_RUN: &str = "istio.io/dry-run";
+
+/// Whether the object's `istio.io/dry-run` annotation makes it log-only. Read as upstream
+/// reads it (Go's `strconv.ParseBool`): `1`, `t`, `T`, `true`, `True`, `TRUE` mean dry-run;
+/// any other value, unparseable ones included, leaves the policy enforced (upstream logs the
+/// parse error and proceeds).
+pub fn is_dry_run(metadata: &ObjectMeta) -> bool {
+    metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DRY_RUN))
+        .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "True" | "TRUE"))
+}
+
+/// Translates one AuthorizationPolicy object as istiod does for ztunnels, annotations and
+/// feature flags included. A dry-run policy reaches ztunnels, marked dry-run, only with
+/// `AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY`; without it the policy is not sent at all
+/// (upstream's `UnsupportedValue` status), because a ztunnel that does not know the flag
+/// would enforce it, and a dry-run DENY-all would refuse every connection.
+pub fn translate_policy(policy: &AuthorizationPolicy, mesh: &MeshConfig) -> Translated {
+    let namespace = policy.metadata.namespace.as_deref().unwrap_or("");
+    let name = policy.metadata.name.as_deref().unwrap_or("");
+    let dry_run = is_dry_run(&policy.metadata);
+    if dry_run && !mesh.features.dry_run_authorization_policies && !for_waypoints(&policy.spec) {
+        return Translated::NotForZtunnel(format!(
+            "policy {namespace}/{name} uses the {DRY_RUN} annotation, but ambient dry-run \
+             policies are not enabled ({})",
+            Features::DRY_RUN_AUTHORIZATION_POLICY
+        ));
+    }
+    translate_spec(namespace, name, &policy.spec, &mesh.root_namespace, dry_run)
+}
+
+/// Whether the spec attaches to waypoints (`targetRef(s)`), which ztunnels never enforce.
+fn for_waypoints(spec: &AuthorizationPolicySpec) -> bool {
+    spec.target_ref.is_some() || !spec.target_refs.is_empty()
+}
+
+/// Translates one AuthorizationPolicy spec named `namespace/name`, enforced (not dry-run).
 pub fn translate(
     namespace: &str,
     name: &str,
     spec: &AuthorizationPolicySpec,
     root_namespace: &str,
 ) -> Translated {
-    if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
+    translate_spec(namespace, name, spec, root_namespace, false)
+}
+
+fn translate_spec(
+    namespace: &str,
+    name: &str,
+    spec: &AuthorizationPolicySpec,
+    root_namespace: &str,
+    dry_run: bool,
+) -> Translated {
+    if for_waypoints(spec) {
         return Translated::NotForZtunnel("targetRefs: enforced by waypoints only".into());
     }
     let action = match spec.action {
@@ -253,7 +310,7 @@ pub fn translate(
             scope,
             action,
             rules,
-            dry_run: false,
+            dry_run,
         },
         notes,
     }

@@ -55,10 +55,9 @@ pub fn snapshot(store: &Store, mesh: &MeshConfig) -> Snapshot {
     let mut selecting = Vec::new();
     for policy in store.authorization_policies() {
         let namespace = policy.metadata.namespace.as_deref().unwrap_or("");
-        let name = policy.metadata.name.as_deref().unwrap_or("");
         let Translated::Ztunnel {
             policy: translated, ..
-        } = authorization::translate(namespace, name, &policy.spec, root)
+        } = authorization::translate_policy(policy, mesh)
         else {
             continue;
         };
