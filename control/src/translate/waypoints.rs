@@ -16,8 +16,9 @@
 //! `store::waypoints`) is ready once its Service has a cluster IP, the address the status
 //! would carry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use dataplane::policy::{Action, Authorization, Clause, Match, Rule, Scope, StringMatch};
 use dataplane::state::{GatewayAddress, GatewayDestination, NamespacedHostname};
 use gateway_api::gateways::{Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From};
 
@@ -209,6 +210,64 @@ pub fn ready(store: &Store, gateway: &Gateway) -> bool {
         Some(Object::Service(service)) => !store.service_ips(service).is_empty(),
         _ => false,
     }
+}
+
+/// Name prefix of the synthetic policies `PILOT_AUTO_ALLOW_WAYPOINT_POLICY` adds: `_` cannot
+/// appear in a Kubernetes name, so they never collide with a user's policy.
+pub const AUTO_ALLOW_PREFIX: &str = "istio_allow_waypoint_";
+
+/// The ALLOW policies `PILOT_AUTO_ALLOW_WAYPOINT_POLICY` adds (policy-semantics §2.6): one per
+/// ready waypoint whose pods are known, `<ns>/istio_allow_waypoint_<ns>_<name>`, admitting the
+/// waypoint's identities (the service accounts of its pods, labelled
+/// `gateway.networking.k8s.io/gateway-name`, as upstream finds them). Each comes with the
+/// address ztunnels are sent for that waypoint, which is how workloads and Services name the
+/// waypoint they are bound to. Scope WorkloadSelector: only workloads that list it apply it.
+/// A waypoint with no pods yet has no identity to admit, so no policy (as upstream).
+pub fn auto_allow_policies(
+    store: &Store,
+    mesh: &MeshConfig,
+) -> Vec<(GatewayAddress, Authorization)> {
+    let mut identities: BTreeMap<(&str, &str), BTreeSet<String>> = BTreeMap::new();
+    let pods = store.pods();
+    for pod in pods.iter().filter(|p| !p.terminated) {
+        if let Some(gateway) = pod.labels.get(GATEWAY_NAME) {
+            identities
+                .entry((pod.namespace, gateway.as_str()))
+                .or_default()
+                .insert(pod.service_account().to_string());
+        }
+    }
+    store
+        .gateways()
+        .filter(|g| is_waypoint(g) && ready(store, g))
+        .filter_map(|g| {
+            let namespace = g.metadata.namespace.as_deref().unwrap_or("");
+            let name = g.metadata.name.as_deref().unwrap_or("");
+            let accounts = identities.get(&(namespace, name))?;
+            let principals = accounts
+                .iter()
+                .map(|sa| {
+                    StringMatch::Exact(format!("{}/ns/{namespace}/sa/{sa}", mesh.trust_domain))
+                })
+                .collect();
+            let policy = Authorization {
+                name: format!("{AUTO_ALLOW_PREFIX}{namespace}_{name}"),
+                namespace: namespace.to_string(),
+                scope: Scope::WorkloadSelector,
+                action: Action::Allow,
+                rules: vec![Rule {
+                    clauses: vec![Clause {
+                        matches: vec![Match {
+                            principals,
+                            ..Match::default()
+                        }],
+                    }],
+                }],
+                dry_run: false,
+            };
+            Some((address(mesh, namespace, name), policy))
+        })
+        .collect()
 }
 
 /// Whether a pod with `labels` in `namespace` is one of a waypoint's own pods.
