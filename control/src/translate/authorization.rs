@@ -12,7 +12,16 @@
 //!   clause, the `from` sources as one clause, and one clause per `when` condition;
 //! - an ALLOW rule that names any HTTP-only attribute is dropped whole (fail closed); a DENY
 //!   rule keeps only its L4 parts — a source or operation left with nothing becomes a match
-//!   that never matches, and a `when` on an HTTP-only key makes the whole rule never match.
+//!   that never matches, and a `when` on an HTTP-only key makes the whole rule never match;
+//! - `trustDomains` / `notTrustDomains` are translated, as principal matches on the trust
+//!   domain (`td` → principal prefix `td/`), ANDed with the source's `principals`
+//!   ([`trust_domains`] says how, and where only an approximation that refuses more exists).
+//!   This is the documented intent; upstream istiod does not translate them for ztunnel (a
+//!   source listing only trust domains never matches there, policy-semantics §3.4 item 3),
+//!   so here we deliberately differ from upstream. The `source.trustDomain` `when` key is
+//!   still HTTP-only, as upstream.
+
+mod trust_domains;
 
 use dataplane::policy::{
     Action, Authorization, Cidr, Clause, Match, Rule, Scope, ServiceAccountMatch, StringMatch,
@@ -115,11 +124,23 @@ fn operation_l7(o: &Operation) -> Vec<&'static str> {
     found
 }
 
-fn source_match(s: &Source, policy_namespace: &str) -> Match {
-    // trustDomains/notTrustDomains are not translated (upstream quirk, policy-semantics §3.4).
-    Match {
-        principals: strings(&s.principals),
-        not_principals: strings(&s.not_principals),
+/// One source as a match group, with notes on what its trust domains could not say exactly
+/// (see [`trust_domains`]).
+fn source_match(s: &Source, policy_namespace: &str, action: Action) -> (Match, Vec<String>) {
+    let folded = trust_domains::fold(
+        strings(&s.principals),
+        strings(&s.not_principals),
+        &s.trust_domains,
+        &s.not_trust_domains,
+        action,
+    );
+    let Some((principals, not_principals)) = folded.lists else {
+        // A group with no field set matches nothing.
+        return (Match::default(), folded.notes);
+    };
+    let m = Match {
+        principals,
+        not_principals,
         namespaces: strings(&s.namespaces),
         not_namespaces: strings(&s.not_namespaces),
         service_accounts: service_accounts(&s.service_accounts, policy_namespace),
@@ -127,7 +148,8 @@ fn source_match(s: &Source, policy_namespace: &str) -> Match {
         source_ips: cidrs(&s.ip_blocks),
         not_source_ips: cidrs(&s.not_ip_blocks),
         ..Match::default()
-    }
+    };
+    (m, folded.notes)
 }
 
 fn operation_match(o: &Operation) -> Match {
@@ -169,9 +191,19 @@ fn condition_clause(c: &Condition) -> Option<Clause> {
     Some(Clause { matches: vec![m] })
 }
 
-/// Translates one rule, with the HTTP-only attributes it names.
-fn translate_rule(rule: &SpecRule, policy_namespace: &str) -> (Rule, Vec<String>) {
+/// What translating one rule gave.
+struct TranslatedRule {
+    rule: Rule,
+    /// The HTTP-only attributes it names.
+    l7: Vec<String>,
+    /// Trust-domain values it could only approximate.
+    approximations: Vec<String>,
+}
+
+/// Translates one rule of a policy with `action`.
+fn translate_rule(rule: &SpecRule, policy_namespace: &str, action: Action) -> TranslatedRule {
     let mut l7: Vec<String> = Vec::new();
+    let mut approximations: Vec<String> = Vec::new();
     let mut clauses = Vec::new();
     if let Some(to) = &rule.to {
         let matches = to
@@ -188,7 +220,9 @@ fn translate_rule(rule: &SpecRule, policy_namespace: &str) -> (Rule, Vec<String>
             .iter()
             .map(|f| {
                 l7.extend(source_l7(&f.source).into_iter().map(String::from));
-                source_match(&f.source, policy_namespace)
+                let (m, notes) = source_match(&f.source, policy_namespace, action);
+                approximations.extend(notes);
+                m
             })
             .collect();
         clauses.push(Clause { matches });
@@ -205,7 +239,11 @@ fn translate_rule(rule: &SpecRule, policy_namespace: &str) -> (Rule, Vec<String>
             }
         }
     }
-    (Rule { clauses }, l7)
+    TranslatedRule {
+        rule: Rule { clauses },
+        l7,
+        approximations,
+    }
 }
 
 /// The annotation that makes a policy log-only.
@@ -287,7 +325,18 @@ fn translate_spec(
     let mut notes = Vec::new();
     let mut rules = Vec::new();
     for (index, rule) in spec.rules.iter().enumerate() {
-        let (translated, l7) = translate_rule(rule, namespace);
+        let TranslatedRule {
+            rule: translated,
+            l7,
+            approximations,
+        } = translate_rule(rule, namespace, action);
+        if l7.is_empty() || action == Action::Deny {
+            notes.extend(
+                approximations
+                    .into_iter()
+                    .map(|note| format!("rule {index}: {note}")),
+            );
+        }
         if l7.is_empty() {
             rules.push(translated);
         } else if action == Action::Allow {
