@@ -8,6 +8,8 @@ use dataplane::policy::Authorization;
 use dataplane::state::{Service, Workload};
 use dataplane::xds::proto::ambient::waypoint::WaypointConfig;
 
+use crate::features::Features;
+
 /// Everything ztunnels and waypoints are told, keyed as on the wire (wire facts §1.4). Not
 /// `Eq`: the waypoint configs are prost messages, which are only `PartialEq`.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -36,6 +38,8 @@ pub struct MeshConfig {
     pub network: String,
     /// DNS suffix of service hostnames (`cluster.local`).
     pub domain_suffix: String,
+    /// istiod's feature flags (upstream's environment variables); all off by default.
+    pub features: Features,
 }
 
 impl Default for MeshConfig {
@@ -46,6 +50,7 @@ impl Default for MeshConfig {
             cluster_id: "Kubernetes".into(),
             network: String::new(),
             domain_suffix: "cluster.local".into(),
+            features: Features::default(),
         }
     }
 }

@@ -8,6 +8,11 @@
 //! istiod --config-dir PATH... --check
 //! istiod --state-dir DIR --issue-token NODE [--identity spiffe://…] [--token-ttl DURATION]
 //! ```
+//!
+//! Feature flags come from upstream's environment variables (`true`/`1` on, `false`/`0`/unset
+//! off, anything else refused): `AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY`,
+//! `PILOT_AUTO_ALLOW_WAYPOINT_POLICY`, `ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES` (the
+//! last accepted but not implemented). See `control::features`.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -15,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use control::ca::{CertificateAuthority, TokenSigner};
+use control::features::Features;
 use control::istiod::state_dir::{self, StateDir};
 use control::istiod::{self, IstiodConfig, SharedStore};
 use control::sources::{self, kube::Report};
@@ -186,7 +192,18 @@ fn check_summary(store: &Store) -> String {
 
 fn main() -> anyhow::Result<()> {
     dataplane::logging::init();
-    let args = parse_args(std::env::args().skip(1).collect())?;
+    let mut args = parse_args(std::env::args().skip(1).collect())?;
+    // The only place the environment is read: the library takes the flags as configuration.
+    let features = Features::from_lookup(|name| {
+        std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+    })?;
+    if features.layered_waypoint_authorization_policies {
+        tracing::warn!(
+            "{} is set but not implemented: waypoints do not enforce selector policies",
+            Features::LAYERED_WAYPOINT_AUTHORIZATION_POLICIES
+        );
+    }
+    args.istiod.mesh.features = features;
     if args.check {
         if args.config.is_empty() {
             bail!("--check needs --config-dir\n{USAGE}");

@@ -14,7 +14,9 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use super::{Store, StoreError};
 use crate::sources::Object;
 use crate::types::fault::{FaultInjection, Fraction};
-use crate::types::security::{AuthorizationPolicy, PeerAuthentication, Source};
+use crate::types::security::{
+    AuthorizationAction, AuthorizationPolicy, Condition, Operation, PeerAuthentication, Source,
+};
 
 /// Collects the first problem found, with its field path.
 struct Check<'a> {
@@ -41,7 +43,9 @@ impl Check<'_> {
 
     fn ports(&self, field: &str, values: &[String]) -> Result<(), StoreError> {
         for (i, value) in values.iter().enumerate() {
-            if value.parse::<u16>().map_or(true, |p| p == 0) {
+            // Digits only, as upstream's ParseUint: Rust would also take a leading `+`.
+            let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+            if !digits || value.parse::<u16>().map_or(true, |p| p == 0) {
                 return Err(self.fail(
                     format!("{field}[{i}]"),
                     format!("invalid port {value:?}: must be 1..65535"),
@@ -129,7 +133,106 @@ pub(super) fn object(object: &Object, store: &Store) -> Result<(), StoreError> {
     }
 }
 
+/// Upstream's cap on `serviceAccounts` entries ("to avoid unbounded configuration sizes").
+const MAX_SERVICE_ACCOUNTS: usize = 16;
+/// Upstream's cap on one `serviceAccounts` entry.
+const MAX_SERVICE_ACCOUNT_LEN: usize = 320;
+
+impl Check<'_> {
+    /// No entry of a list may be empty (upstream's `CheckEmptyValues`): `""` would otherwise
+    /// be an exact match on nothing, or a port that does not parse.
+    fn non_empty_values(&self, field: &str, values: &[String]) -> Result<(), StoreError> {
+        match values.iter().position(String::is_empty) {
+            Some(i) => Err(self.fail(format!("{field}[{i}]"), "empty value not allowed")),
+            None => Ok(()),
+        }
+    }
+
+    /// `serviceAccounts` entries as upstream's `CheckServiceAccount` takes them: at most 16,
+    /// each `sa` or `ns/sa` with neither part empty, no wildcard (they are compared exactly,
+    /// so a `*` would silently match nothing), at most 320 characters.
+    fn service_accounts(&self, field: &str, values: &[String]) -> Result<(), StoreError> {
+        if values.len() > MAX_SERVICE_ACCOUNTS {
+            return Err(self.fail(
+                field,
+                format!(
+                    "{} entries: may not have more than {MAX_SERVICE_ACCOUNTS}",
+                    values.len()
+                ),
+            ));
+        }
+        for (i, value) in values.iter().enumerate() {
+            let at = format!("{field}[{i}]");
+            if value.contains('*') {
+                return Err(self.fail(at, format!("wildcard not allowed in {value:?}")));
+            }
+            if value.len() > MAX_SERVICE_ACCOUNT_LEN {
+                return Err(self.fail(
+                    at,
+                    format!("longer than {MAX_SERVICE_ACCOUNT_LEN} characters"),
+                ));
+            }
+            let well_formed = match value.split_once('/') {
+                Some((ns, sa)) => !ns.is_empty() && !sa.is_empty() && !sa.contains('/'),
+                None => !value.is_empty(),
+            };
+            if !well_formed {
+                return Err(self.fail(
+                    at,
+                    format!("{value:?}: expected 'serviceAccount' or 'namespace/serviceAccount'"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn source(check: &Check<'_>, field: &str, s: &Source) -> Result<(), StoreError> {
+    let lists: [(&str, &[String]); 14] = [
+        ("principals", &s.principals),
+        ("notPrincipals", &s.not_principals),
+        ("requestPrincipals", &s.request_principals),
+        ("notRequestPrincipals", &s.not_request_principals),
+        ("namespaces", &s.namespaces),
+        ("notNamespaces", &s.not_namespaces),
+        ("serviceAccounts", &s.service_accounts),
+        ("notServiceAccounts", &s.not_service_accounts),
+        ("ipBlocks", &s.ip_blocks),
+        ("notIpBlocks", &s.not_ip_blocks),
+        ("remoteIpBlocks", &s.remote_ip_blocks),
+        ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+        ("trustDomains", &s.trust_domains),
+        ("notTrustDomains", &s.not_trust_domains),
+    ];
+    if lists.iter().all(|(_, list)| list.is_empty()) {
+        return Err(check.fail(
+            field,
+            "must not be empty: a source with no field set matches nothing (omit `from` to \
+             match any source)",
+        ));
+    }
+    for (name, list) in lists {
+        check.non_empty_values(&format!("{field}.{name}"), list)?;
+    }
+    // A source is one identity test: upstream refuses mixing the serviceAccounts form with
+    // the principal/namespace form rather than define how they combine.
+    let identity = !s.principals.is_empty()
+        || !s.not_principals.is_empty()
+        || !s.namespaces.is_empty()
+        || !s.not_namespaces.is_empty();
+    for (name, list) in [
+        ("serviceAccounts", &s.service_accounts),
+        ("notServiceAccounts", &s.not_service_accounts),
+    ] {
+        if identity && !list.is_empty() {
+            return Err(check.fail(
+                format!("{field}.{name}"),
+                "cannot be combined with principals, notPrincipals, namespaces or \
+                 notNamespaces in the same source",
+            ));
+        }
+        check.service_accounts(&format!("{field}.{name}"), list)?;
+    }
     check.cidrs(&format!("{field}.ipBlocks"), &s.ip_blocks)?;
     check.cidrs(&format!("{field}.notIpBlocks"), &s.not_ip_blocks)?;
     check.cidrs(&format!("{field}.remoteIpBlocks"), &s.remote_ip_blocks)?;
@@ -139,6 +242,115 @@ fn source(check: &Check<'_>, field: &str, s: &Source) -> Result<(), StoreError> 
     )
 }
 
+fn operation(check: &Check<'_>, field: &str, o: &Operation) -> Result<(), StoreError> {
+    let lists: [(&str, &[String]); 8] = [
+        ("hosts", &o.hosts),
+        ("notHosts", &o.not_hosts),
+        ("ports", &o.ports),
+        ("notPorts", &o.not_ports),
+        ("methods", &o.methods),
+        ("notMethods", &o.not_methods),
+        ("paths", &o.paths),
+        ("notPaths", &o.not_paths),
+    ];
+    if lists.iter().all(|(_, list)| list.is_empty()) {
+        return Err(check.fail(
+            field,
+            "must not be empty: an operation with no field set matches nothing (omit `to` \
+             to match any operation)",
+        ));
+    }
+    for (name, list) in lists {
+        check.non_empty_values(&format!("{field}.{name}"), list)?;
+    }
+    check.ports(&format!("{field}.ports"), &o.ports)?;
+    check.ports(&format!("{field}.notPorts"), &o.not_ports)
+}
+
+/// `name[key]` with a non-empty key, as upstream's `validateMapKey` wants for
+/// `request.headers[...]` and the other keyed attributes.
+fn map_key(key: &str) -> bool {
+    key.find('[')
+        .is_some_and(|open| open > 0 && key.ends_with(']') && open < key.len() - 2)
+}
+
+/// One `when` condition: a key upstream's `ValidateAttribute` knows, with at least one of
+/// `values`/`notValues`, and values of the key's form. Unknown keys are refused because a
+/// typo would otherwise turn into an attribute nothing sends: an ALLOW rule that never
+/// matches, or a DENY rule that never fires.
+fn condition(check: &Check<'_>, field: &str, c: &Condition) -> Result<(), StoreError> {
+    let key = c.key.as_str();
+    if key.is_empty() {
+        return Err(check.fail(format!("{field}.key"), "must not be empty"));
+    }
+    if c.values.is_empty() && c.not_values.is_empty() {
+        return Err(check.fail(
+            field,
+            format!("at least one of values or notValues must be set for key {key}"),
+        ));
+    }
+    let lists = [("values", &c.values), ("notValues", &c.not_values)];
+    for (name, list) in lists {
+        check.non_empty_values(&format!("{field}.{name}"), list)?;
+    }
+    let keyed = |prefix: &str| key.starts_with(prefix);
+    let refuse = |message: String| Err(check.fail(format!("{field}.key"), message));
+    match key {
+        "source.ip" | "remote.ip" | "destination.ip" => {
+            for (name, list) in lists {
+                check.cidrs(&format!("{field}.{name}"), list)?;
+            }
+        }
+        "destination.port" => {
+            for (name, list) in lists {
+                check.ports(&format!("{field}.{name}"), list)?;
+            }
+        }
+        "source.serviceAccount" => {
+            for (name, list) in lists {
+                check.service_accounts(&format!("{field}.{name}"), list)?;
+            }
+        }
+        "source.namespace"
+        | "source.principal"
+        | "source.trustDomain"
+        | "request.auth.principal"
+        | "request.auth.audiences"
+        | "request.auth.presenter"
+        | "connection.sni" => {}
+        _ if keyed("request.headers")
+            || keyed("request.experimental.inline.headers")
+            || keyed("request.auth.claims")
+            || keyed("experimental.envoy.filters.") =>
+        {
+            if !map_key(key) {
+                return refuse(format!("bad key {key:?}: should have the form name[key]"));
+            }
+        }
+        "destination.namespace" => {
+            return refuse(format!(
+                "attribute {key} is replaced by the policy's metadata.namespace"
+            ));
+        }
+        _ if keyed("destination.labels") => {
+            return refuse(format!(
+                "attribute {key} is replaced by the workload selector"
+            ));
+        }
+        "destination.name" | "destination.user" => {
+            return refuse(format!(
+                "deprecated attribute {key}: only supported in v1alpha1"
+            ));
+        }
+        _ => return refuse(format!("unknown attribute {key:?}")),
+    }
+    Ok(())
+}
+
+/// What upstream's validating webhook refuses (`ValidateAuthorizationPolicy`), each naming
+/// the field. Translation still copes with a policy built in code that skipped this: it
+/// then behaves as upstream's translation would (an empty source matches nothing, a DENY
+/// without rules never fires, unknown `when` keys count as HTTP-only).
 fn authorization_policy(check: &Check<'_>, policy: &AuthorizationPolicy) -> Result<(), StoreError> {
     let spec = &policy.spec;
     if spec.selector.is_some() && (spec.target_ref.is_some() || !spec.target_refs.is_empty()) {
@@ -147,7 +359,47 @@ fn authorization_policy(check: &Check<'_>, policy: &AuthorizationPolicy) -> Resu
             "only one of selector, targetRef or targetRefs may be set",
         ));
     }
+    if spec.target_ref.is_some() && !spec.target_refs.is_empty() {
+        return Err(check.fail(
+            "spec",
+            "only one of selector, targetRef or targetRefs may be set",
+        ));
+    }
+    if let Some(selector) = &spec.selector {
+        for (k, v) in &selector.match_labels {
+            let field = format!("spec.selector.matchLabels[{k}]");
+            if k.is_empty() {
+                return Err(check.fail(field, "empty key is not supported in a selector"));
+            }
+            if k.contains('*') || v.contains('*') {
+                return Err(check.fail(field, "wildcard is not supported in a selector"));
+            }
+        }
+    }
+    match spec.action {
+        AuthorizationAction::Deny if spec.rules.is_empty() => {
+            return Err(check.fail(
+                "spec.rules",
+                "a DENY policy without rules never matches: add an empty rule `{}` to deny \
+                 everything it applies to",
+            ));
+        }
+        AuthorizationAction::Custom if spec.rules.is_empty() => {
+            return Err(check.fail(
+                "spec.rules",
+                "a CUSTOM policy without rules never matches: add an empty rule `{}` to \
+                 check every request",
+            ));
+        }
+        _ => {}
+    }
     for (r, rule) in spec.rules.iter().enumerate() {
+        if rule.from.as_ref().is_some_and(Vec::is_empty) {
+            return Err(check.fail(
+                format!("spec.rules[{r}].from"),
+                "must not be empty: omit `from` to match any source",
+            ));
+        }
         for (f, from) in rule.from.iter().flatten().enumerate() {
             source(
                 check,
@@ -155,24 +407,21 @@ fn authorization_policy(check: &Check<'_>, policy: &AuthorizationPolicy) -> Resu
                 &from.source,
             )?;
         }
+        if rule.to.as_ref().is_some_and(Vec::is_empty) {
+            return Err(check.fail(
+                format!("spec.rules[{r}].to"),
+                "must not be empty: omit `to` to match any operation",
+            ));
+        }
         for (t, to) in rule.to.iter().flatten().enumerate() {
-            let field = format!("spec.rules[{r}].to[{t}].operation");
-            check.ports(&format!("{field}.ports"), &to.operation.ports)?;
-            check.ports(&format!("{field}.notPorts"), &to.operation.not_ports)?;
+            operation(
+                check,
+                &format!("spec.rules[{r}].to[{t}].operation"),
+                &to.operation,
+            )?;
         }
         for (w, when) in rule.when.iter().flatten().enumerate() {
-            let field = format!("spec.rules[{r}].when[{w}]");
-            match when.key.as_str() {
-                "source.ip" | "remote.ip" | "destination.ip" => {
-                    check.cidrs(&format!("{field}.values"), &when.values)?;
-                    check.cidrs(&format!("{field}.notValues"), &when.not_values)?;
-                }
-                "destination.port" => {
-                    check.ports(&format!("{field}.values"), &when.values)?;
-                    check.ports(&format!("{field}.notValues"), &when.not_values)?;
-                }
-                _ => {}
-            }
+            condition(check, &format!("spec.rules[{r}].when[{w}]"), when)?;
         }
     }
     Ok(())

@@ -94,7 +94,7 @@ pub(super) fn generate(declared: &BTreeMap<ObjectKey, Object>) -> BTreeMap<Objec
 
 /// Whether istiod deploys this Gateway: no addresses, or a single IP one. Any other address
 /// names an existing deployment the user runs themselves.
-fn managed(gateway: &Gateway) -> bool {
+pub(crate) fn managed(gateway: &Gateway) -> bool {
     match gateway.spec.addresses.as_deref().unwrap_or_default() {
         [] => true,
         [one] => one.r#type.as_deref().is_none_or(|t| t == "IPAddress"),

@@ -5,10 +5,11 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use dataplane::policy::Authorization;
+use dataplane::state::{GatewayAddress, Service, Workload};
 
 use super::authorization::{self, Translated};
 use super::peer_authentication::{self, PeerAuthentication, WorkloadRef};
-use super::{services, waypoint_config, workloads};
+use super::{services, waypoint_config, waypoints, workloads};
 use crate::snapshot::{MeshConfig, Snapshot};
 use crate::store::Store;
 
@@ -55,10 +56,9 @@ pub fn snapshot(store: &Store, mesh: &MeshConfig) -> Snapshot {
     let mut selecting = Vec::new();
     for policy in store.authorization_policies() {
         let namespace = policy.metadata.namespace.as_deref().unwrap_or("");
-        let name = policy.metadata.name.as_deref().unwrap_or("");
         let Translated::Ztunnel {
             policy: translated, ..
-        } = authorization::translate(namespace, name, &policy.spec, root)
+        } = authorization::translate_policy(policy, mesh)
         else {
             continue;
         };
@@ -93,7 +93,8 @@ pub fn snapshot(store: &Store, mesh: &MeshConfig) -> Snapshot {
         }
         refs.into_iter().collect()
     };
-    let workloads = workloads::workloads(store, mesh, &policy_refs);
+    let mut workloads = workloads::workloads(store, mesh, &policy_refs);
+    let services = services::services(store, mesh);
 
     policies.extend(converted.into_inner());
     // Published whenever any PeerAuthentication exists (policy-semantics §3.2), referenced
@@ -102,10 +103,56 @@ pub fn snapshot(store: &Store, mesh: &MeshConfig) -> Snapshot {
         let strict = peer_authentication::static_strict_policy(root);
         policies.insert(strict.key(), strict);
     }
+    if mesh.features.auto_allow_waypoint_policy {
+        allow_from_waypoints(store, mesh, &services, &mut workloads, &mut policies);
+    }
     Snapshot {
         workloads,
-        services: services::services(store, mesh),
+        services,
         policies,
         waypoints: waypoint_config::waypoint_configs(store, mesh),
+    }
+}
+
+/// `PILOT_AUTO_ALLOW_WAYPOINT_POLICY`: publishes each waypoint's ALLOW policy and adds it to
+/// every workload bound to that waypoint, directly (its own `waypoint`) or through a Service
+/// it backs, as upstream does. Done on the translated workloads because the bindings are
+/// already resolved there, readiness included: a waypoint that is not bound admits nothing
+/// extra.
+fn allow_from_waypoints(
+    store: &Store,
+    mesh: &MeshConfig,
+    services: &BTreeMap<String, Service>,
+    workloads: &mut BTreeMap<String, Workload>,
+    policies: &mut BTreeMap<String, Authorization>,
+) {
+    let allows = waypoints::auto_allow_policies(store, mesh);
+    if allows.is_empty() {
+        return;
+    }
+    for workload in workloads.values_mut() {
+        let bound: Vec<&GatewayAddress> = workload
+            .waypoint
+            .iter()
+            .chain(
+                workload
+                    .services
+                    .keys()
+                    .filter_map(|key| services.get(key)?.waypoint.as_ref()),
+            )
+            .collect();
+        let mut refs: BTreeSet<String> = BTreeSet::new();
+        for (address, policy) in &allows {
+            if bound.contains(&address) {
+                refs.insert(policy.key());
+            }
+        }
+        if !refs.is_empty() {
+            refs.extend(workload.authorization_policies.drain(..));
+            workload.authorization_policies = refs.into_iter().collect();
+        }
+    }
+    for (_, policy) in allows {
+        policies.insert(policy.key(), policy);
     }
 }

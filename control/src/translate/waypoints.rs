@@ -5,19 +5,25 @@
 //! its namespace's; `istio.io/use-waypoint-namespace` next to the label used names the
 //! waypoint's namespace. The waypoint must exist, admit the object's namespace on its HBONE
 //! listener (`allowedRoutes.namespaces`, Same by default), and carry traffic of that kind
-//! (`istio.io/waypoint-for`: service by default, workload, all, none). Otherwise: no waypoint
-//! (traffic goes direct, as upstream does for a bogus or unready waypoint).
+//! (`istio.io/waypoint-for`: service by default, workload, all, none), and be ready.
+//! Otherwise: no waypoint (traffic goes direct, as upstream does for a bogus or unready
+//! waypoint, policy-semantics §4.3 rule 3). Binding an unready waypoint would be worse than
+//! not binding: ztunnels would be told to send the traffic to an address that does not
+//! resolve yet, and refuse it.
 //!
-//! Readiness is not checked: without a real cluster nothing writes the Gateway's status, and
-//! deploying the waypoint is the control plane's own job (the store plays that part from
-//! manifests: `store::waypoints`).
+//! Readiness ([`ready`]) is upstream's "the Gateway's status has an address". Without a
+//! cluster nothing writes that status, so a waypoint the store deploys itself (manifests:
+//! `store::waypoints`) is ready once its Service has a cluster IP, the address the status
+//! would carry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use dataplane::policy::{Action, Authorization, Clause, Match, Rule, Scope, StringMatch};
 use dataplane::state::{GatewayAddress, GatewayDestination, NamespacedHostname};
 use gateway_api::gateways::{Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From};
 
 use crate::snapshot::MeshConfig;
+use crate::sources::{Kind, Object};
 use crate::store::Store;
 
 pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
@@ -174,8 +180,94 @@ pub fn bound_to(
     };
     let (gw_ns, gw_name) = chosen?;
     let gateway = store.gateway(&gw_ns, &gw_name)?;
-    (is_waypoint(gateway) && carries(gateway, kind) && admits(store, gateway, namespace))
-        .then_some((gw_ns, gw_name))
+    (is_waypoint(gateway)
+        && ready(store, gateway)
+        && carries(gateway, kind)
+        && admits(store, gateway, namespace))
+    .then_some((gw_ns, gw_name))
+}
+
+/// Whether a waypoint Gateway can take traffic: its status has an address (what upstream's
+/// istiod waits for), or the store deployed it in istiod's place and the Service it generated
+/// (or a declared one of that name that shadows it) has a cluster IP. A Gateway the store does
+/// not deploy (with `--kube`, or addresses that name a deployment of the user's) is ready only
+/// by its status, as upstream.
+pub fn ready(store: &Store, gateway: &Gateway) -> bool {
+    let status_address = gateway
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_deref())
+        .is_some_and(|a| a.iter().any(|a| !a.value.is_empty()));
+    if status_address {
+        return true;
+    }
+    if !store.config().deploy_waypoints || !crate::store::waypoints::managed(gateway) {
+        return false;
+    }
+    let namespace = gateway.metadata.namespace.as_deref().unwrap_or("");
+    let name = gateway.metadata.name.as_deref().unwrap_or("");
+    match store.get(Kind::Service, namespace, name) {
+        Some(Object::Service(service)) => !store.service_ips(service).is_empty(),
+        _ => false,
+    }
+}
+
+/// Name prefix of the synthetic policies `PILOT_AUTO_ALLOW_WAYPOINT_POLICY` adds: `_` cannot
+/// appear in a Kubernetes name, so they never collide with a user's policy.
+pub const AUTO_ALLOW_PREFIX: &str = "istio_allow_waypoint_";
+
+/// The ALLOW policies `PILOT_AUTO_ALLOW_WAYPOINT_POLICY` adds (policy-semantics §2.6): one per
+/// ready waypoint whose pods are known, `<ns>/istio_allow_waypoint_<ns>_<name>`, admitting the
+/// waypoint's identities (the service accounts of its pods, labelled
+/// `gateway.networking.k8s.io/gateway-name`, as upstream finds them). Each comes with the
+/// address ztunnels are sent for that waypoint, which is how workloads and Services name the
+/// waypoint they are bound to. Scope WorkloadSelector: only workloads that list it apply it.
+/// A waypoint with no pods yet has no identity to admit, so no policy (as upstream).
+pub fn auto_allow_policies(
+    store: &Store,
+    mesh: &MeshConfig,
+) -> Vec<(GatewayAddress, Authorization)> {
+    let mut identities: BTreeMap<(&str, &str), BTreeSet<String>> = BTreeMap::new();
+    let pods = store.pods();
+    for pod in pods.iter().filter(|p| !p.terminated) {
+        if let Some(gateway) = pod.labels.get(GATEWAY_NAME) {
+            identities
+                .entry((pod.namespace, gateway.as_str()))
+                .or_default()
+                .insert(pod.service_account().to_string());
+        }
+    }
+    store
+        .gateways()
+        .filter(|g| is_waypoint(g) && ready(store, g))
+        .filter_map(|g| {
+            let namespace = g.metadata.namespace.as_deref().unwrap_or("");
+            let name = g.metadata.name.as_deref().unwrap_or("");
+            let accounts = identities.get(&(namespace, name))?;
+            let principals = accounts
+                .iter()
+                .map(|sa| {
+                    StringMatch::Exact(format!("{}/ns/{namespace}/sa/{sa}", mesh.trust_domain))
+                })
+                .collect();
+            let policy = Authorization {
+                name: format!("{AUTO_ALLOW_PREFIX}{namespace}_{name}"),
+                namespace: namespace.to_string(),
+                scope: Scope::WorkloadSelector,
+                action: Action::Allow,
+                rules: vec![Rule {
+                    clauses: vec![Clause {
+                        matches: vec![Match {
+                            principals,
+                            ..Match::default()
+                        }],
+                    }],
+                }],
+                dry_run: false,
+            };
+            Some((address(mesh, namespace, name), policy))
+        })
+        .collect()
 }
 
 /// Whether a pod with `labels` in `namespace` is one of a waypoint's own pods.

@@ -3,9 +3,12 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Pods in the policy's namespace (or, from the root namespace, in any) whose labels include
 /// all of these.
@@ -177,9 +180,113 @@ pub struct PeerAuthenticationSpec {
     pub selector: Option<WorkloadSelector>,
     #[serde(default)]
     pub mtls: Option<MutualTls>,
-    /// Workload (container) port → mode; only valid with a selector.
-    #[serde(default)]
+    /// Workload (container) port → mode; only valid with a selector. Keys may be written as
+    /// YAML integers or as the strings the API's JSON has (see `port_keyed`).
+    #[serde(default, deserialize_with = "port_level_mtls")]
     pub port_level_mtls: BTreeMap<u32, MutualTls>,
+}
+
+fn port_level_mtls<'de, D>(deserializer: D) -> Result<BTreeMap<u32, MutualTls>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    port_keyed(deserializer, "portLevelMtls")
+}
+
+/// A map key as written: the API's JSON has only string keys (`"8080"`), YAML written by
+/// hand usually has integers (`8080`); anything else is kept to be named in the error.
+enum RawPortKey {
+    Number(i128),
+    Text(String),
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for RawPortKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = RawPortKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number, as an integer or a string")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawPortKey, E> {
+                Ok(RawPortKey::Number(i128::from(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawPortKey, E> {
+                Ok(RawPortKey::Number(i128::from(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawPortKey, E> {
+                Ok(RawPortKey::Text(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawPortKey, E> {
+                Ok(RawPortKey::Other(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawPortKey, E> {
+                Ok(RawPortKey::Other(v.to_string()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RawPortKey, E> {
+                Ok(RawPortKey::Other("null".into()))
+            }
+        }
+        deserializer.deserialize_any(KeyVisitor)
+    }
+}
+
+/// A map keyed by port, accepting both key forms. Keys must be whole numbers that fit a
+/// `u32` (decimal digits only when written as a string), so a typo such as `http` or `-1` is
+/// an error naming `field` and the key; the 1..65535 range is checked by validation, which
+/// names the object too. A port written twice (`8080` and `"8080"`) is an error rather than
+/// one silently replacing the other.
+fn port_keyed<'de, D, V>(deserializer: D, field: &'static str) -> Result<BTreeMap<u32, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct MapVisitor<V> {
+        field: &'static str,
+        value: PhantomData<V>,
+    }
+    impl<'de, V: Deserialize<'de>> Visitor<'de> for MapVisitor<V> {
+        type Value = BTreeMap<u32, V>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{}: a map from port numbers", self.field)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(BTreeMap::new())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(raw) = map.next_key::<RawPortKey>()? {
+                let (port, shown) = match raw {
+                    RawPortKey::Number(n) => (u32::try_from(n).ok(), n.to_string()),
+                    RawPortKey::Text(t) => {
+                        let digits = !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+                        (digits.then(|| t.parse().ok()).flatten(), format!("{t:?}"))
+                    }
+                    RawPortKey::Other(o) => (None, o),
+                };
+                let Some(port) = port else {
+                    return Err(de::Error::custom(format!(
+                        "port key {shown} is not a number ({} keys are ports 1..65535, \
+                         written as integers or strings)",
+                        self.field
+                    )));
+                };
+                let value = map.next_value()?;
+                if out.insert(port, value).is_some() {
+                    return Err(de::Error::custom(format!(
+                        "port {port} is listed more than once in {}",
+                        self.field
+                    )));
+                }
+            }
+            Ok(out)
+        }
+    }
+    deserializer.deserialize_any(MapVisitor {
+        field,
+        value: PhantomData,
+    })
 }
 
 /// Status as the API server reports it; kept opaque because the control plane never reads it.

@@ -3,6 +3,7 @@
 mod common;
 mod example_cluster;
 mod policies;
+mod policy_validation;
 mod schedule;
 mod services;
 mod sources;

@@ -1,8 +1,12 @@
 //! Policies in the snapshot: AuthorizationPolicy keys and references, PeerAuthentication.
 
-use dataplane::policy::{Action, Scope};
+use control::features::Features;
+use control::snapshot::{MeshConfig, Snapshot};
+use control::translate;
+use dataplane::identity::Identity;
+use dataplane::policy::{Action, ConnectionContext, Scope, evaluate};
 
-use crate::common::{deployment, snap, uid};
+use crate::common::{BASE, deployment, snap, snapshot_of, store, uid};
 
 fn policy(ns: &str, name: &str, spec: &str) -> String {
     format!(
@@ -180,4 +184,76 @@ fn selector_policy_and_peer_authentication_refs_combine_sorted() {
         s.workloads[&uid("shop", "echo-0")].authorization_policies,
         ["istio-system/istio_converted_static_strict", "shop/allow"]
     );
+}
+
+/// A DENY-all on `echo`, annotated `istio.io/dry-run: <value>`, and the echo deployment.
+fn dry_run_deny_all(value: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: dry\n  namespace: shop\n  annotations: {{istio.io/dry-run: \"{value}\"}}\nspec:\n  selector: {{matchLabels: {{app: echo}}}}\n  action: DENY\n  rules: [{{}}]\n---\n{}",
+        deployment("shop", "echo", "", "echo", "")
+    )
+}
+
+/// What the destination ztunnel decides for a connection to echo-0 with `s`'s policies.
+fn echo_admits(s: &Snapshot) -> bool {
+    let workload = &s.workloads[&uid("shop", "echo-0")];
+    let applicable = s.policies.values().filter(|p| match p.scope {
+        Scope::Global => true,
+        Scope::Namespace => p.namespace == workload.namespace,
+        Scope::WorkloadSelector => workload.authorization_policies.contains(&p.key()),
+    });
+    let ctx = ConnectionContext {
+        source_identity: Some(Identity::new("cluster.local", "shop", "web")),
+        source_ip: "10.244.1.9".parse().unwrap(),
+        destination_ip: workload.workload_ips[0],
+        destination_port: 8080,
+    };
+    evaluate(&ctx, applicable).allowed()
+}
+
+#[test]
+fn dry_run_policies_are_not_sent_to_ztunnel_unless_enabled() {
+    let st = store(&format!("{BASE}\n---\n{}", dry_run_deny_all("true")));
+    let s = snapshot_of(&st);
+    assert!(
+        !s.policies.contains_key("shop/dry"),
+        "not enforced, and not sent: the flag is off by default"
+    );
+    assert!(
+        s.workloads[&uid("shop", "echo-0")]
+            .authorization_policies
+            .is_empty()
+    );
+    assert!(echo_admits(&s));
+
+    let mesh = MeshConfig {
+        features: Features {
+            dry_run_authorization_policies: true,
+            ..Features::default()
+        },
+        ..MeshConfig::default()
+    };
+    let s = translate::snapshot(&st, &mesh);
+    assert!(s.policies["shop/dry"].dry_run);
+    assert_eq!(
+        s.workloads[&uid("shop", "echo-0")].authorization_policies,
+        ["shop/dry"]
+    );
+    assert!(
+        echo_admits(&s),
+        "sent, marked dry-run: logged, not enforced"
+    );
+}
+
+#[test]
+fn dry_run_annotation_reads_as_upstreams_parse_bool() {
+    for value in ["1", "t", "True", "TRUE"] {
+        let s = snap(&dry_run_deny_all(value));
+        assert!(!s.policies.contains_key("shop/dry"), "{value}: dry-run");
+    }
+    for value in ["false", "0", "yes", ""] {
+        let s = snap(&dry_run_deny_all(value));
+        assert!(!s.policies["shop/dry"].dry_run, "{value}: enforced");
+        assert!(!echo_admits(&s), "{value}: the DENY-all applies");
+    }
 }

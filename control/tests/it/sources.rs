@@ -300,6 +300,74 @@ fn port_level_mtls_without_selector_is_refused() {
     );
 }
 
+/// A workload-level PeerAuthentication with one port exception keyed as written in `key`.
+fn port_exception(key: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p}}\nspec:\n  selector: {{matchLabels: {{app: echo}}}}\n  portLevelMtls: {{{key}: {{mode: DISABLE}}}}\n"
+    )
+}
+
+fn port_level_ports(s: &control::store::Store) -> Vec<u32> {
+    s.peer_authentications()
+        .flat_map(|pa| pa.spec.port_level_mtls.keys().copied())
+        .collect()
+}
+
+#[test]
+fn port_level_mtls_keys_may_be_quoted_as_the_api_json_has_them() {
+    assert_eq!(port_level_ports(&store(&port_exception("8080"))), [8080]);
+    assert_eq!(
+        port_level_ports(&store(&port_exception("\"8080\""))),
+        [8080]
+    );
+    // As the kube watcher receives it: JSON, where every key is a string.
+    let spec: control::types::security::PeerAuthenticationSpec = serde_json::from_str(
+        r#"{"selector": {"matchLabels": {"app": "echo"}}, "portLevelMtls": {"8080": {"mode": "STRICT"}, "9090": {}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        spec.port_level_mtls.keys().copied().collect::<Vec<_>>(),
+        [8080, 9090]
+    );
+}
+
+#[test]
+fn port_level_mtls_keys_that_are_not_ports_are_refused_by_name() {
+    for key in [
+        "http",
+        "\"http\"",
+        "-1",
+        "\"+80\"",
+        "\"\"",
+        "8080.5",
+        "99999999999",
+    ] {
+        let e = error(&port_exception(key));
+        assert!(
+            e.contains("PeerAuthentication default/p")
+                && e.contains("(portLevelMtls keys are ports 1..65535"),
+            "{key}: {e}"
+        );
+    }
+    for key in ["0", "\"70000\""] {
+        let e = error(&port_exception(key));
+        assert!(
+            e.contains("PeerAuthentication default/p: spec.portLevelMtls[")
+                && e.contains("port must be 1..65535"),
+            "{key}: {e}"
+        );
+    }
+    let twice = port_exception("8080").replace(
+        "{8080: {mode: DISABLE}}",
+        "{8080: {mode: DISABLE}, \"8080\": {mode: STRICT}}",
+    );
+    let e = error(&twice);
+    assert!(
+        e.contains("port 8080 is listed more than once in portLevelMtls"),
+        "{e}"
+    );
+}
+
 #[test]
 fn bad_cluster_ip_and_pod_cidr_are_refused() {
     assert!(

@@ -257,20 +257,145 @@ rules: [{from: [{source: {namespaces: [shop]}}], when: [{key: "request.auth.clai
     }
 }
 
+/// A connection from `td/ns/<ns>/sa/<sa>`.
+fn from_domain(td: &str, ns: &str, sa: &str) -> ConnectionContext {
+    ConnectionContext {
+        source_identity: Some(Identity::new(td, ns, sa)),
+        ..conn(None, 80)
+    }
+}
+
+/// The documented intent, not upstream's translation (which leaves trust domains out, so
+/// these ALLOWs would admit nobody and these DENYs refuse nobody): see
+/// `control::translate::authorization` and policy-semantics §3.4 item 3.
 #[test]
-fn trust_domains_are_silently_ignored() {
+fn trust_domains_are_translated() {
+    let foreign = from_domain("partner.example", "shop", "web");
     let yaml = "rules: [{from: [{source: {trustDomains: [cluster.local]}}]}]";
     let (allow, notes) = ztunnel("shop", yaml);
-    assert!(notes.is_empty(), "upstream does not report it");
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(
+        allow.rules[0].clauses[0].matches[0].principals,
+        [StringMatch::Prefix("cluster.local/".into())]
+    );
+    assert!(allowed(&allow, &conn(WEB, 80)));
+    assert!(!allowed(&allow, &foreign));
     assert!(
-        !allowed(&allow, &conn(WEB, 80)),
-        "an ALLOW on trust domains only never matches"
+        !allowed(&allow, &conn(None, 80)),
+        "plaintext has no trust domain"
     );
     let (deny, _) = ztunnel("shop", &format!("action: DENY\n{yaml}"));
-    assert!(
-        allowed(&deny, &conn(WEB, 80)),
-        "a DENY on trust domains only is a no-op"
+    assert!(!allowed(&deny, &conn(WEB, 80)));
+    assert!(allowed(&deny, &foreign) && allowed(&deny, &conn(None, 80)));
+
+    let (not, _) = ztunnel(
+        "shop",
+        "rules: [{from: [{source: {notTrustDomains: [cluster.local]}}]}]",
     );
+    assert!(!allowed(&not, &conn(WEB, 80)));
+    assert!(allowed(&not, &foreign) && allowed(&not, &conn(None, 80)));
+
+    let (prefixed, _) = ztunnel(
+        "shop",
+        r#"rules: [{from: [{source: {trustDomains: ["partner*"]}}]}]"#,
+    );
+    assert!(allowed(&prefixed, &foreign) && !allowed(&prefixed, &conn(WEB, 80)));
+    let (any, _) = ztunnel(
+        "shop",
+        r#"rules: [{from: [{source: {trustDomains: ["*"]}}]}]"#,
+    );
+    assert!(allowed(&any, &foreign) && !allowed(&any, &conn(None, 80)));
+}
+
+#[test]
+fn trust_domains_and_principals_and_together() {
+    // One principals list could only OR them: web from cluster.local would get in.
+    let (p, notes) = ztunnel(
+        "shop",
+        r#"rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/web, "partner.example/ns/shop/*"], trustDomains: [partner.example]}}]}]"#,
+    );
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(
+        p.rules[0].clauses[0].matches[0].principals,
+        [StringMatch::Prefix("partner.example/ns/shop/".into())]
+    );
+    assert!(allowed(&p, &from_domain("partner.example", "shop", "web")));
+    assert!(!allowed(&p, &conn(WEB, 80)));
+    assert!(!allowed(
+        &p,
+        &from_domain("partner.example", "other", "bot")
+    ));
+
+    // No principal can be in the trust domain: the source matches nothing, for DENY too.
+    let (none, _) = ztunnel(
+        "shop",
+        "action: DENY\nrules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/web], trustDomains: [partner.example]}}]}]",
+    );
+    assert!(allowed(&none, &conn(WEB, 80)));
+}
+
+#[test]
+fn inexpressible_trust_domains_refuse_more_and_say_so() {
+    let foreign = from_domain("partner.example", "shop", "web");
+    let yaml = r#"rules: [{from: [{source: {trustDomains: ["*.example"]}}]}]"#;
+    let (allow, notes) = ztunnel("shop", yaml);
+    assert!(
+        notes[0].contains("\"*.example\" cannot be expressed") && notes[0].contains("ALLOW"),
+        "{notes:?}"
+    );
+    assert!(
+        !allowed(&allow, &foreign),
+        "admits nothing rather than too much"
+    );
+    let (deny, notes) = ztunnel("shop", &format!("action: DENY\n{yaml}"));
+    assert!(notes[0].contains("DENY"), "{notes:?}");
+    assert!(
+        !allowed(&deny, &foreign) && !allowed(&deny, &conn(WEB, 80)),
+        "denies every identity rather than too little"
+    );
+    assert!(
+        allowed(&deny, &conn(None, 80)),
+        "plaintext has no trust domain"
+    );
+}
+
+/// Validation refuses these shapes; a policy built in code can still carry them, and then
+/// translates as upstream's translator would, never as something more permissive.
+#[test]
+fn shapes_validation_refuses_still_translate_as_upstream() {
+    let (deny_nothing, _) = ztunnel("shop", "action: DENY");
+    assert!(deny_nothing.rules.is_empty());
+    assert!(allowed(&deny_nothing, &conn(WEB, 80)), "never matches");
+
+    for section in ["from: [{source: {}}]", "to: [{operation: {}}]"] {
+        let (allow, _) = ztunnel("shop", &format!("rules: [{{{section}}}]"));
+        assert!(
+            !allowed(&allow, &conn(WEB, 80)),
+            "{section}: matches nothing"
+        );
+        let (deny, _) = ztunnel("shop", &format!("action: DENY\nrules: [{{{section}}}]"));
+        assert!(allowed(&deny, &conn(WEB, 80)), "{section}: matches nothing");
+    }
+    // Upstream emits no clause for an empty list: no constraint.
+    let (any_source, _) = ztunnel("shop", "action: DENY\nrules: [{from: []}]");
+    assert!(!allowed(&any_source, &conn(WEB, 80)));
+
+    let (wildcard, _) = ztunnel(
+        "shop",
+        r#"rules: [{from: [{source: {serviceAccounts: ["*"]}}]}]"#,
+    );
+    assert!(
+        !allowed(&wildcard, &conn(WEB, 80)),
+        "compared exactly: a literal `*` account"
+    );
+
+    let (unknown_key, notes) = ztunnel("shop", "rules: [{when: [{key: bogus, values: [x]}]}]");
+    assert!(unknown_key.rules.is_empty(), "{notes:?}");
+    let (unknown_key, _) = ztunnel(
+        "shop",
+        "action: DENY\nrules: [{when: [{key: bogus, values: [x]}]}]",
+    );
+    assert!(allowed(&unknown_key, &conn(WEB, 80)));
 }
 
 #[test]

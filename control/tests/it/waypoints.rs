@@ -1,8 +1,14 @@
 //! Waypoint binding for Services and workloads (wire facts §5, policy-semantics §4.3).
 
+use control::features::Features;
+use control::snapshot::{MeshConfig, Snapshot};
+use control::store::{Store, StoreConfig};
+use control::{sources, translate};
+use dataplane::identity::Identity;
+use dataplane::policy::{Action, ConnectionContext, Scope, StringMatch, evaluate};
 use dataplane::state::{GatewayAddress, GatewayDestination, NamespacedHostname, TunnelProtocol};
 
-use crate::common::{deployment, snap, uid};
+use crate::common::{BASE, deployment, snap, snapshot_of, store, uid};
 
 const SVC: &str = "shop/echo.shop.svc.cluster.local";
 
@@ -237,4 +243,203 @@ fn waypoint_pods_never_use_a_waypoint_and_tunnel_natively() {
     assert_eq!(w.waypoint, None);
     assert!(w.native_tunnel);
     assert_eq!(w.protocol, TunnelProtocol::Hbone);
+}
+
+/// BASE, an `all` waypoint (`gateway`), a Service and a pod both labelled to use it, in a
+/// store configured as `config`.
+fn unready_case(config: StoreConfig, gateway: &str) -> Snapshot {
+    let yaml = format!(
+        "{BASE}\n---\n{gateway}---\n{}---\n{}",
+        service("istio.io/use-waypoint: waypoint"),
+        deployment(
+            "shop",
+            "echo",
+            ", istio.io/use-waypoint: waypoint",
+            "echo",
+            ""
+        )
+    );
+    let mut store = Store::new(config);
+    sources::apply_loaded(&mut store, sources::parse_str(&yaml, "t.yaml").unwrap()).unwrap();
+    snapshot_of(&store)
+}
+
+fn bindings(s: &Snapshot) -> (Option<GatewayAddress>, Option<GatewayAddress>) {
+    (
+        s.services[SVC].waypoint.clone(),
+        s.workloads[&uid("shop", "echo-0")].waypoint.clone(),
+    )
+}
+
+const STATUS: &str = "status:\n  addresses: [{type: IPAddress, value: 10.96.0.99}]\n";
+
+/// A waypoint that is not ready yet (policy-semantics §4.3 rule 3) binds nothing: clients go
+/// direct instead of being sent to an address that does not resolve.
+#[test]
+fn waypoint_without_an_address_binds_nothing() {
+    // As with --kube: istiod in the cluster deploys the waypoint and writes its status.
+    let kube = StoreConfig {
+        deploy_waypoints: false,
+        ..StoreConfig::default()
+    };
+    let gateway = waypoint("shop", "waypoint", Some("all"), "Same");
+    let s = unready_case(kube.clone(), &gateway);
+    assert_eq!(bindings(&s), (None, None));
+    assert!(s.waypoints["shop/waypoint"].services.is_empty());
+
+    let s = unready_case(kube, &format!("{gateway}{STATUS}"));
+    let bound = address("shop", "waypoint");
+    assert_eq!(bindings(&s), (bound.clone(), bound));
+    assert_eq!(s.waypoints["shop/waypoint"].services.len(), 1);
+}
+
+#[test]
+fn deployed_waypoint_is_ready_once_its_service_has_a_cluster_ip() {
+    let gateway = waypoint("shop", "waypoint", Some("all"), "Same");
+    let bound = address("shop", "waypoint");
+    // The store deploys it and numbers its Service: ready without any status.
+    let s = unready_case(StoreConfig::default(), &gateway);
+    assert_eq!(bindings(&s), (bound.clone(), bound));
+
+    // A declared headless Service of that name shadows the generated one: no address.
+    let headless = "apiVersion: v1\nkind: Service\nmetadata: {name: waypoint, namespace: shop}\nspec: {clusterIP: None, selector: {gateway.networking.k8s.io/gateway-name: waypoint}, ports: [{name: mesh, port: 15008}]}\n";
+    let s = unready_case(StoreConfig::default(), &format!("{gateway}---\n{headless}"));
+    assert_eq!(bindings(&s), (None, None));
+
+    // Addresses that name a deployment of the user's: istiod does not deploy it, so only a
+    // status address makes it ready.
+    let external = gateway.replace(
+        "spec:\n",
+        "spec:\n  addresses: [{type: Hostname, value: wp.example.com}]\n",
+    );
+    let s = unready_case(StoreConfig::default(), &external);
+    assert_eq!(bindings(&s), (None, None));
+    let s = unready_case(StoreConfig::default(), &format!("{external}{STATUS}"));
+    assert!(bindings(&s).0.is_some() && bindings(&s).1.is_some());
+}
+
+fn auto_allow() -> MeshConfig {
+    MeshConfig {
+        features: Features {
+            auto_allow_waypoint_policy: true,
+            ..Features::default()
+        },
+        ..MeshConfig::default()
+    }
+}
+
+const AUTO_ALLOW: &str = "shop/istio_allow_waypoint_shop_waypoint";
+
+/// What echo-0's ztunnel decides for a connection from `sa` in shop, with `s`'s policies.
+fn echo_admits(s: &Snapshot, sa: &str) -> bool {
+    let workload = &s.workloads[&uid("shop", "echo-0")];
+    let applicable = workload
+        .authorization_policies
+        .iter()
+        .filter_map(|key| s.policies.get(key));
+    let ctx = ConnectionContext {
+        source_identity: Some(Identity::new("cluster.local", "shop", sa)),
+        source_ip: "10.244.1.9".parse().unwrap(),
+        destination_ip: workload.workload_ips[0],
+        destination_port: 80,
+    };
+    evaluate(&ctx, applicable).allowed()
+}
+
+#[test]
+fn auto_allow_admits_the_waypoint_to_what_its_services_bind() {
+    let st = store(&format!(
+        "{BASE}\n---\n{}---\n{}---\n{}---\n{}",
+        waypoint("shop", "waypoint", None, "Same"),
+        service("istio.io/use-waypoint: waypoint"),
+        deployment("shop", "echo", "", "echo", ""),
+        deployment("shop", "web", "", "web", "")
+    ));
+    let off = snapshot_of(&st);
+    assert!(!off.policies.contains_key(AUTO_ALLOW), "off by default");
+    assert!(echo_admits(&off, "web"));
+
+    let s = translate::snapshot(&st, &auto_allow());
+    let policy = &s.policies[AUTO_ALLOW];
+    assert_eq!(
+        (policy.action, policy.scope),
+        (Action::Allow, Scope::WorkloadSelector)
+    );
+    assert_eq!(
+        policy.rules[0].clauses[0].matches[0].principals,
+        [StringMatch::Exact(
+            "cluster.local/ns/shop/sa/waypoint".into()
+        )]
+    );
+    assert_eq!(
+        s.workloads[&uid("shop", "echo-0")].authorization_policies,
+        [AUTO_ALLOW],
+        "bound through its Service"
+    );
+    for unbound in ["web-0", "waypoint-0"] {
+        assert!(
+            s.workloads[&uid("shop", unbound)]
+                .authorization_policies
+                .is_empty(),
+            "{unbound}"
+        );
+    }
+    assert!(echo_admits(&s, "waypoint"));
+    assert!(!echo_admits(&s, "web"), "bypassing the waypoint is refused");
+}
+
+#[test]
+fn auto_allow_follows_workload_bindings_and_the_waypoints_identity() {
+    let gateway = waypoint("shop", "waypoint", Some("workload"), "Same").replace(
+        "  namespace: shop\n",
+        "  namespace: shop\n  annotations: {gateway.istio.io/service-account: wp-identity}\n",
+    );
+    let s = translate::snapshot(
+        &store(&format!(
+            "{BASE}\n---\n{gateway}---\n{}",
+            deployment(
+                "shop",
+                "echo",
+                ", istio.io/use-waypoint: waypoint",
+                "echo",
+                ""
+            )
+        )),
+        &auto_allow(),
+    );
+    assert_eq!(
+        s.workloads[&uid("shop", "echo-0")].authorization_policies,
+        [AUTO_ALLOW],
+        "bound directly"
+    );
+    assert_eq!(
+        s.policies[AUTO_ALLOW].rules[0].clauses[0].matches[0].principals,
+        [StringMatch::Exact(
+            "cluster.local/ns/shop/sa/wp-identity".into()
+        )]
+    );
+}
+
+#[test]
+fn auto_allow_skips_waypoints_that_are_not_bound() {
+    // Not ready (as with --kube, no status yet): nothing is bound, nothing is admitted.
+    let kube = StoreConfig {
+        deploy_waypoints: false,
+        ..StoreConfig::default()
+    };
+    let yaml = format!(
+        "{BASE}\n---\n{}---\n{}---\n{}",
+        waypoint("shop", "waypoint", None, "Same"),
+        service("istio.io/use-waypoint: waypoint"),
+        deployment("shop", "echo", "", "echo", "")
+    );
+    let mut st = Store::new(kube);
+    sources::apply_loaded(&mut st, sources::parse_str(&yaml, "t.yaml").unwrap()).unwrap();
+    let s = translate::snapshot(&st, &auto_allow());
+    assert!(
+        s.workloads[&uid("shop", "echo-0")]
+            .authorization_policies
+            .is_empty()
+    );
+    assert!(echo_admits(&s, "web"));
 }

@@ -72,7 +72,7 @@ use routes::*;
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 /// The annotation that makes a policy log-only.
-pub const DRY_RUN: &str = "istio.io/dry-run";
+pub use super::authorization::DRY_RUN;
 
 /// Every waypoint's configuration, keyed `<namespace>/<gateway name>`.
 pub fn waypoint_configs(store: &Store, mesh: &MeshConfig) -> BTreeMap<String, WaypointConfig> {

@@ -2,6 +2,7 @@
 //! bound Service, and carried with every attribute, L7 ones included.
 
 use super::*;
+use crate::translate::authorization;
 
 /// Adds `policy` to what its `targetRefs` (and the older single `targetRef`) name: the
 /// waypoint Gateway, the `istio-waypoint` GatewayClass from the root namespace (every
@@ -73,12 +74,8 @@ pub(super) fn convert_policy(
         AuthorizationAction::Audit => Action::Audit,
         AuthorizationAction::Custom => Action::Custom,
     };
-    let dry_run = policy
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(DRY_RUN))
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    // Waypoints honour dry-run whatever istiod's ztunnel flag says, as upstream's do.
+    let dry_run = authorization::is_dry_run(&policy.metadata);
     pb::AuthorizationPolicy {
         namespace: namespace.to_string(),
         name: name.to_string(),

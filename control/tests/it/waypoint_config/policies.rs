@@ -34,7 +34,8 @@ spec:
         requestPrincipals: ["issuer/*"]
         notNamespaces: [other]
         ipBlocks: [10.0.0.0/8]
-        serviceAccounts: [client]
+    # Not in the source above: validation refuses serviceAccounts next to principals.
+    - source: {serviceAccounts: [client]}
     to: [{operation: {hosts: [echo.shop.svc.cluster.local], paths: ["/api/*"]}}]
 ---
 apiVersion: security.istio.io/v1
@@ -85,7 +86,7 @@ spec:
     assert_eq!(from.not_namespaces, ["other"]);
     assert_eq!(from.ip_blocks, ["10.0.0.0/8"]);
     assert_eq!(
-        from.service_accounts,
+        allow.rules[0].from[1].service_accounts,
         ["shop/client"],
         "a bare name is the policy's namespace"
     );
