@@ -28,6 +28,10 @@ pub struct State {
     /// Service key → uids of its endpoint workloads.
     endpoints: BTreeMap<String, BTreeSet<String>>,
     policies: BTreeMap<String, Arc<Authorization>>,
+    /// Keys of the mesh-wide policies, and of each namespace's namespace-wide ones: a
+    /// connection looks at those and the ones its workload names, never at every policy.
+    global_policies: BTreeMap<String, Arc<Authorization>>,
+    namespace_policies: BTreeMap<String, BTreeMap<String, Arc<Authorization>>>,
 }
 
 impl State {
@@ -92,11 +96,34 @@ impl State {
     }
 
     pub fn insert_policy(&mut self, policy: Authorization) {
-        self.policies.insert(policy.key(), Arc::new(policy));
+        let key = policy.key();
+        self.remove_policy(&key);
+        let policy = Arc::new(policy);
+        match policy.scope {
+            Scope::Global => {
+                self.global_policies.insert(key.clone(), policy.clone());
+            }
+            Scope::Namespace => {
+                self.namespace_policies
+                    .entry(policy.namespace.clone())
+                    .or_default()
+                    .insert(key.clone(), policy.clone());
+            }
+            Scope::WorkloadSelector => {}
+        }
+        self.policies.insert(key, policy);
     }
 
     pub fn remove_policy(&mut self, key: &str) -> Option<Arc<Authorization>> {
-        self.policies.remove(key)
+        let old = self.policies.remove(key)?;
+        self.global_policies.remove(key);
+        if let Some(keys) = self.namespace_policies.get_mut(&old.namespace) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.namespace_policies.remove(&old.namespace);
+            }
+        }
+        Some(old)
     }
 
     pub fn workload(&self, uid: &str) -> Option<Arc<Workload>> {
@@ -154,15 +181,17 @@ impl State {
     /// The policies that apply to `workload`, in a stable order: global, then its namespace's,
     /// then those it references by name. Names not (yet) known are skipped, as upstream.
     pub fn policies_for(&self, workload: &Workload) -> Vec<Arc<Authorization>> {
-        let mut out: Vec<Arc<Authorization>> = self
-            .policies
-            .values()
-            .filter(|p| {
-                p.scope == Scope::Global
-                    || (p.scope == Scope::Namespace && p.namespace == workload.namespace)
-            })
-            .cloned()
-            .collect();
+        let mut out: Vec<Arc<Authorization>> =
+            match self.namespace_policies.get(&workload.namespace) {
+                // Both in key order, merged: the order every run sees.
+                Some(namespace) => {
+                    let mut merged: Vec<(&String, &Arc<Authorization>)> =
+                        self.global_policies.iter().chain(namespace).collect();
+                    merged.sort_by(|a, b| a.0.cmp(b.0));
+                    merged.into_iter().map(|(_, p)| p.clone()).collect()
+                }
+                None => self.global_policies.values().cloned().collect(),
+            };
         for name in &workload.authorization_policies {
             match self.policies.get(name) {
                 Some(p) if !out.iter().any(|o| Arc::ptr_eq(o, p)) => out.push(p.clone()),
