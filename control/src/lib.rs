@@ -4,6 +4,7 @@
 //! Sources, the store, the xDS server and the CA come with the rest of the control-plane issue.
 
 pub mod ca;
+pub mod explain;
 pub mod features;
 pub mod istiod;
 pub mod listener;

@@ -7,6 +7,8 @@
 //!        [--serving-name NAME]... [--write-root-cert FILE]
 //! istiod --config-dir PATH... --check
 //! istiod --state-dir DIR --issue-token NODE [--identity spiffe://…] [--token-ttl DURATION]
+//! istiod explain --config-dir PATH... --from NS/POD --to HOST:PORT [--method M] [--path P]
+//!        [--header NAME:VALUE]... [--json]
 //! ```
 //!
 //! Feature flags come from upstream's environment variables (`true`/`1` on, `false`/`0`/unset
@@ -32,7 +34,9 @@ use dataplane::ztunnel::parse_duration;
 const USAGE: &str = "usage: istiod [--config-dir PATH]... [--kube] [--state-dir DIR] [--listen IP] \
 [--port N] [--tls-port N] [--trust-domain TD] [--cluster-id ID] [--service-cidr CIDR] \
 [--debounce DURATION] [--serving-name NAME]... [--write-root-cert FILE] [--check]\n       \
-istiod --state-dir DIR --issue-token NODE [--identity SPIFFE-ID] [--token-ttl DURATION]";
+istiod --state-dir DIR --issue-token NODE [--identity SPIFFE-ID] [--token-ttl DURATION]\n       \
+istiod explain --config-dir PATH... --from NS/POD --to HOST:PORT [--method M] [--path P] \
+[--header NAME:VALUE]... [--json]";
 
 #[derive(Default)]
 struct Args {
@@ -46,11 +50,18 @@ struct Args {
     token_ttl: Option<Duration>,
     service_cidr: Option<String>,
     istiod: IstiodConfig,
+    /// `explain`: the question, and whether to answer in JSON.
+    explain: Option<control::explain::Question>,
+    json: bool,
 }
 
 fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
     let mut args = Args::default();
-    let mut it = raw.into_iter();
+    let mut it = raw.into_iter().peekable();
+    if it.peek().is_some_and(|a| a == "explain") {
+        it.next();
+        args.explain = Some(control::explain::Question::default());
+    }
     while let Some(flag) = it.next() {
         let mut value = || {
             it.next()
@@ -82,6 +93,33 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
             "--serving-name" => args.istiod.serving_names.push(value()?),
             "--debounce" => args.istiod.debounce = duration(value()?)?,
             "--secret-ttl" => args.istiod.certificate_ttl = duration(value()?)?,
+            "--from" | "--to" | "--method" | "--path" | "--header" | "--json"
+                if args.explain.is_some() =>
+            {
+                let v = if flag == "--json" {
+                    String::new()
+                } else {
+                    value()?
+                };
+                let json = &mut args.json;
+                let Some(q) = args.explain.as_mut() else {
+                    continue;
+                };
+                match flag.as_str() {
+                    "--from" => q.from = v,
+                    "--to" => q.to = v,
+                    "--method" => q.method = Some(v),
+                    "--path" => q.path = Some(v),
+                    "--header" => {
+                        let (name, value) = v
+                            .split_once(':')
+                            .with_context(|| format!("--header {v:?}: expected NAME:VALUE"))?;
+                        q.headers
+                            .push((name.trim().to_string(), value.trim().to_string()));
+                    }
+                    _ => *json = true,
+                }
+            }
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -169,9 +207,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             },
         ));
     }
-    tokio::signal::ctrl_c().await?;
-    tracing::info!("interrupted; stopping");
+    let why = dataplane::process::stop_signal().await;
+    // Nothing istiod holds needs finishing: listeners close and xDS streams end at once, and
+    // each ztunnel keeps its last configuration and certificates while it reconnects.
+    tracing::info!("{why}; draining: listeners close and xDS streams end now");
     istiod.shutdown();
+    tracing::info!("drained; exiting");
     Ok(())
 }
 
@@ -190,7 +231,16 @@ fn check_summary(store: &Store) -> String {
     line
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors are one line on stderr (`istiod: …` with its causes), exit status 1; never a
+/// backtrace, whatever `RUST_BACKTRACE` says.
+fn main() {
+    if let Err(err) = run() {
+        eprintln!("istiod: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     dataplane::logging::init();
     let mut args = parse_args(std::env::args().skip(1).collect())?;
     // The only place the environment is read: the library takes the flags as configuration.
@@ -210,6 +260,20 @@ fn main() -> anyhow::Result<()> {
         }
         let store = sources::validate(&args.config, store_config(&args)?)?;
         println!("{}", check_summary(&store));
+        return Ok(());
+    }
+    if let Some(question) = &args.explain {
+        if args.config.is_empty() || question.from.is_empty() || question.to.is_empty() {
+            bail!("explain needs --config-dir, --from and --to\n{USAGE}");
+        }
+        let store = sources::validate(&args.config, store_config(&args)?)?;
+        let snapshot = control::translate::snapshot(&store, &args.istiod.mesh);
+        let answer = control::explain::explain(&snapshot, &args.istiod.mesh, question)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+        } else {
+            print!("{}", control::explain::render(&answer));
+        }
         return Ok(());
     }
     if let Some(node) = &args.issue_token {

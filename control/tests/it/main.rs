@@ -2,6 +2,7 @@
 
 mod common;
 mod example_cluster;
+mod istiod_command;
 mod policies;
 mod policy_validation;
 mod schedule;

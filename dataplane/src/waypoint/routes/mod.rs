@@ -60,6 +60,11 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Where the entry sends requests (with weights and errors), for explanations.
+    pub fn backends(&self) -> &[pb::Backend] {
+        &self.entry.backends
+    }
+
     /// `namespace/name` of the route and the rule, for logs and metrics.
     pub fn describe(&self) -> String {
         let e = &self.entry;
