@@ -56,10 +56,16 @@ impl Event {
     }
 }
 
-/// The policy decision an event states, if any: the evaluator's own words (`explicitly denied
-/// by <policy> rule <n>`, `allowed by …`, `denied: allow policies exist…`) or a policy-change
-/// close.
+/// The policy decision an event states, if any: the waypoint access log's `authorization="…"`
+/// field whole (`allowed: ALLOW shop/p rules[0] matched`, `denied: ALLOW policies apply, but
+/// none matched`, …), the ztunnel evaluator's own words (`explicitly denied by <policy> rule
+/// <n>`, `allowed by …`, `denied: allow policies exist…`) or a policy-change close.
 pub fn decision_in(what: &str) -> Option<String> {
+    if let Some(value) = quoted_field(what, "authorization=")
+        && !value.is_empty()
+    {
+        return Some(value);
+    }
     for marker in ["explicitly denied by ", "allowed by ", "denied: "] {
         if let Some(at) = what.find(marker) {
             let rest = &what[at..];
@@ -69,6 +75,29 @@ pub fn decision_in(what: &str) -> Option<String> {
     }
     what.contains("policy change closes open connection")
         .then(|| "closed by a policy change".to_string())
+}
+
+/// The value of a `name="…"` field as `Debug` wrote it (escapes undone), when the line has one.
+fn quoted_field(what: &str, name: &str) -> Option<String> {
+    let rest = what.match_indices(name).find_map(|(at, _)| {
+        (at == 0 || what[..at].ends_with(' '))
+            .then(|| what[at + name.len()..].strip_prefix('"'))
+            .flatten()
+    })?;
+    let mut chars = rest.chars();
+    let mut value = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(value),
+            '\\' => match chars.next()? {
+                'n' => value.push('\n'),
+                't' => value.push('\t'),
+                other => value.push(other),
+            },
+            c => value.push(c),
+        }
+    }
+    None
 }
 
 /// A shared, append-only event log. Clones append to the same log, so every host and the
@@ -184,6 +213,47 @@ mod tests {
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn decisions_are_read_from_ztunnel_and_waypoint_lines() {
+        assert_eq!(
+            decision_in(
+                "WARN connection failed src.addr=10.244.2.2:1 status=401 error=explicitly denied by shop/deny-web rule 0"
+            )
+            .as_deref(),
+            Some("explicitly denied by shop/deny-web rule 0")
+        );
+        assert_eq!(
+            decision_in("INFO policy change closes open connection connection=0 src=10.0.0.1 reason=destination workload removed")
+                .as_deref(),
+            Some("closed by a policy change")
+        );
+        // The waypoint's access log: the whole field, allow or deny, with its notes.
+        let line = r#"INFO src.addr=10.244.2.3:1 dst.hbone_addr=10.96.0.2:80 route="shop/echo rule 0" authorization="allowed: ALLOW shop/allow-web rules[0] matched; dry-run DENY shop/x matched (would deny)" method=GET path="/" status=200"#;
+        assert_eq!(
+            decision_in(line).as_deref(),
+            Some(
+                "allowed: ALLOW shop/allow-web rules[0] matched; dry-run DENY shop/x matched (would deny)"
+            )
+        );
+        let line = r#"INFO src.addr=10.244.2.3:1 authorization="denied: ALLOW policies apply, but none matched" method=GET path="/" status=403"#;
+        assert_eq!(
+            decision_in(line).as_deref(),
+            Some("denied: ALLOW policies apply, but none matched")
+        );
+        assert_eq!(
+            decision_in(r#"INFO x authorization="denied: DENY shop/d rules[1] matched" response_flags=RBAC connection denied"#).as_deref(),
+            Some("denied: DENY shop/d rules[1] matched")
+        );
+        assert_eq!(
+            decision_in(r#"INFO route="shop/echo rule 0" status=200"#),
+            None
+        );
+        assert_eq!(
+            decision_in(r#"INFO path="/x?authorization=1" status=200"#),
+            None
+        );
     }
 
     #[test]
