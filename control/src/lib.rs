@@ -8,6 +8,7 @@ pub mod explain;
 pub mod features;
 pub mod istiod;
 pub mod listener;
+pub mod mesh_config;
 pub mod snapshot;
 pub mod sources;
 pub mod store;

@@ -30,6 +30,9 @@ pub struct Snapshot {
 pub struct MeshConfig {
     /// SPIFFE trust domain of every identity (`cluster.local`).
     pub trust_domain: String,
+    /// `trustDomainAliases`: trust domains that name the same workloads as `trust_domain`
+    /// (a migration's old domain); policies' principals match under each.
+    pub trust_domain_aliases: Vec<String>,
     /// istiod's namespace; policies here apply mesh-wide (`istio-system`).
     pub root_namespace: String,
     /// `CLUSTER_ID`; the first part of workload uids (`Kubernetes`).
@@ -46,6 +49,7 @@ impl Default for MeshConfig {
     fn default() -> Self {
         MeshConfig {
             trust_domain: "cluster.local".into(),
+            trust_domain_aliases: Vec::new(),
             root_namespace: "istio-system".into(),
             cluster_id: "Kubernetes".into(),
             network: String::new(),

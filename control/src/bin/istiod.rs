@@ -4,7 +4,7 @@
 //! ```text
 //! istiod [--config-dir PATH]... [--kube] [--state-dir DIR] [--listen IP] [--port N] [--tls-port N]
 //!        [--trust-domain TD] [--cluster-id ID] [--service-cidr CIDR] [--debounce DURATION]
-//!        [--serving-name NAME]... [--write-root-cert FILE]
+//!        [--serving-name NAME]... [--write-root-cert FILE] [--mesh-config FILE]
 //! istiod --config-dir PATH... --check
 //! istiod --state-dir DIR --issue-token NODE [--identity spiffe://…] [--token-ttl DURATION]
 //! istiod explain --config-dir PATH... --from NS/POD --to HOST:PORT [--method M] [--path P]
@@ -33,7 +33,8 @@ use dataplane::ztunnel::parse_duration;
 
 const USAGE: &str = "usage: istiod [--config-dir PATH]... [--kube] [--state-dir DIR] [--listen IP] \
 [--port N] [--tls-port N] [--trust-domain TD] [--cluster-id ID] [--service-cidr CIDR] \
-[--debounce DURATION] [--serving-name NAME]... [--write-root-cert FILE] [--check]\n       \
+[--debounce DURATION] [--serving-name NAME]... [--write-root-cert FILE] [--mesh-config FILE] \
+[--check]\n       \
 istiod --state-dir DIR --issue-token NODE [--identity SPIFFE-ID] [--token-ttl DURATION]\n       \
 istiod explain --config-dir PATH... --from NS/POD --to HOST:PORT [--method M] [--path P] \
 [--header NAME:VALUE]... [--json]";
@@ -74,6 +75,16 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
             "--config-dir" | "--config" | "-f" => args.config.push(PathBuf::from(value()?)),
             "--kube" => args.kube = true,
             "--check" => args.check = true,
+            "--mesh-config" => {
+                let path = value()?;
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("--mesh-config {path}"))?;
+                let ignored = control::mesh_config::read(&text, &mut args.istiod.mesh)
+                    .with_context(|| format!("--mesh-config {path}"))?;
+                if !ignored.is_empty() {
+                    tracing::info!(fields = ?ignored, "mesh config fields not used by this istiod");
+                }
+            }
             "--state-dir" => args.state_dir = Some(PathBuf::from(value()?)),
             "--write-root-cert" => args.write_root_cert = Some(PathBuf::from(value()?)),
             "--issue-token" => args.issue_token = Some(value()?),

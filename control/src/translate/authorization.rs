@@ -277,7 +277,8 @@ pub fn translate_policy(policy: &AuthorizationPolicy, mesh: &MeshConfig) -> Tran
             Features::DRY_RUN_AUTHORIZATION_POLICY
         ));
     }
-    translate_spec(namespace, name, &policy.spec, &mesh.root_namespace, dry_run)
+    let spec = super::trust_domain_aliases::apply(&policy.spec, mesh);
+    translate_spec(namespace, name, &spec, &mesh.root_namespace, dry_run)
 }
 
 /// Whether the spec attaches to waypoints (`targetRef(s)`), which ztunnels never enforce.

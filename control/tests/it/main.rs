@@ -10,6 +10,7 @@ mod services;
 mod sources;
 mod translate_authorization;
 mod translate_peer_authentication;
+mod trust_domain_aliases;
 mod waypoint_config;
 mod waypoint_deployment;
 mod waypoints;

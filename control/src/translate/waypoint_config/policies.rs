@@ -26,7 +26,7 @@ pub(super) fn attach_policy(
         return;
     }
     let key = format!("{namespace}/{name}");
-    let converted = convert_policy(namespace, name, policy);
+    let converted = convert_policy(mesh, namespace, name, policy);
     for r in refs {
         if r.namespace.as_deref().is_some_and(|ns| ns != namespace) {
             continue;
@@ -63,11 +63,12 @@ pub(super) fn attach_policy(
 }
 
 pub(super) fn convert_policy(
+    mesh: &MeshConfig,
     namespace: &str,
     name: &str,
     policy: &AuthorizationPolicy,
 ) -> pb::AuthorizationPolicy {
-    let spec = &policy.spec;
+    let spec = crate::translate::trust_domain_aliases::apply(&policy.spec, mesh);
     let action = match spec.action {
         AuthorizationAction::Allow => Action::Allow,
         AuthorizationAction::Deny => Action::Deny,
