@@ -39,6 +39,12 @@ impl Features {
     pub const AUTO_ALLOW_WAYPOINT_POLICY: &'static str = "PILOT_AUTO_ALLOW_WAYPOINT_POLICY";
     pub const LAYERED_WAYPOINT_AUTHORIZATION_POLICIES: &'static str =
         "ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES";
+    /// Every flag's variable name.
+    pub const NAMES: [&'static str; 3] = [
+        Self::DRY_RUN_AUTHORIZATION_POLICY,
+        Self::AUTO_ALLOW_WAYPOINT_POLICY,
+        Self::LAYERED_WAYPOINT_AUTHORIZATION_POLICIES,
+    ];
 
     /// Reads every flag through `lookup` (a variable's value, `None` when unset). `true` and
     /// `1` turn a flag on; `false`, `0`, empty or unset leave it off. Anything else is an

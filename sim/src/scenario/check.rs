@@ -60,6 +60,9 @@ impl Scenario {
                     .into(),
             ));
         }
+        if let Err(message) = s.mesh() {
+            return Err((Some("settings:".into()), message));
+        }
         let mut names = std::collections::BTreeSet::new();
         for t in &self.traffic {
             if !names.insert(t.name.as_str()) {

@@ -200,6 +200,30 @@ mod tests {
     }
 
     #[test]
+    fn istiod_flags_and_mesh_config_are_settings() {
+        let text = format!(
+            "{MINIMAL}settings:\n  istiodEnv: {{AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY: \"true\"}}\n  meshConfig: \"trustDomainAliases: [old.td]\"\n"
+        );
+        let mesh = parse(&text).unwrap().settings.mesh().unwrap();
+        assert!(mesh.features.dry_run_authorization_policies);
+        assert_eq!(mesh.trust_domain_aliases, ["old.td"]);
+        for (bad, said) in [
+            (
+                "istiodEnv: {PILOT_AUTO_ALLOW_WAYPOINT_POLICY: \"maybe\"}",
+                "maybe",
+            ),
+            ("istiodEnv: {NOT_A_FLAG: \"true\"}", "not a feature flag"),
+            (
+                "meshConfig: \"trustDomainAliases: 7\"",
+                "settings.meshConfig",
+            ),
+        ] {
+            let e = parse(&format!("{MINIMAL}settings:\n  {bad}\n")).unwrap_err();
+            assert!(e.message.contains(said), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_name_the_line() {
         let e = parse(&format!("{MINIMAL}bogus: 1\n")).unwrap_err();
         assert_eq!(e.line, Some(8), "{e}");

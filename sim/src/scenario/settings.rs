@@ -1,8 +1,11 @@
 //! The run's knobs: simulation settings (tick, latency, certificate lifetime, limits) and
 //! which invariants are checked.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use control::features::Features;
+use control::snapshot::MeshConfig;
 use serde::Deserialize;
 
 use super::Dur;
@@ -25,6 +28,37 @@ pub struct Settings {
     pub settle: Dur,
     /// The run is stopped (and fails) if it has not ended by then.
     pub max_duration: Dur,
+    /// istiod's feature flags, by upstream's environment variable names
+    /// (`AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY: "true"`, …).
+    pub istiod_env: BTreeMap<String, String>,
+    /// Upstream's mesh config as YAML (`trustDomainAliases`, …).
+    pub mesh_config: String,
+}
+
+impl Settings {
+    /// The mesh-wide settings istiod runs with: its flags and mesh config, or why they are
+    /// not usable.
+    pub fn mesh(&self) -> Result<MeshConfig, String> {
+        if let Some(unknown) = self
+            .istiod_env
+            .keys()
+            .find(|k| !Features::NAMES.contains(&k.as_str()))
+        {
+            return Err(format!(
+                "settings.istiodEnv: {unknown:?} is not a feature flag istiod knows ({})",
+                Features::NAMES.join(", ")
+            ));
+        }
+        let features = Features::from_lookup(|name| self.istiod_env.get(name).cloned())
+            .map_err(|e| format!("settings.istiodEnv: {e}"))?;
+        let mut mesh = MeshConfig {
+            features,
+            ..MeshConfig::default()
+        };
+        control::mesh_config::read(&self.mesh_config, &mut mesh)
+            .map_err(|e| format!("settings.meshConfig: {e}"))?;
+        Ok(mesh)
+    }
 }
 
 impl Default for Settings {
@@ -37,6 +71,8 @@ impl Default for Settings {
             debounce: Dur(Duration::from_millis(100)),
             settle: Dur(Duration::from_secs(3)),
             max_duration: Dur(Duration::from_secs(3600)),
+            istiod_env: BTreeMap::new(),
+            mesh_config: String::new(),
         }
     }
 }

@@ -151,12 +151,16 @@ async fn istiod_main(shared: Rc<Shared>) -> anyhow::Result<()> {
         clock: clock.clone(),
         entropy: Entropy::seeded(shared.seed),
     };
+    // Checked when the scenario was read.
+    let mesh = shared.settings.mesh().map_err(anyhow::Error::msg)?;
     let config = IstiodConfig {
         certificate_ttl: shared.settings.certificate_ttl.0,
         debounce: shared.settings.debounce.0,
+        mesh,
         ..IstiodConfig::default()
     };
-    let authority = CertificateAuthority::new(root, "cluster.local", config.certificate_ttl);
+    let authority =
+        CertificateAuthority::new(root, &config.mesh.trust_domain, config.certificate_ttl);
     let istiod = Rc::new(istiod::run(config, seams, authority, TOKEN_SECRET).await?);
     istiod.follow(shared.store.clone());
     *shared.istiod.borrow_mut() = Some(istiod.clone());

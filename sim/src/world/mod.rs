@@ -67,6 +67,14 @@ const TOKEN_SECRET: &[u8] = b"sim-token-secret-for-node-tokens";
 /// Events shown before a violation.
 const CONTEXT_EVENTS: usize = 20;
 
+/// Applies the scenario's manifests (the cluster, then each timeline `apply`) to a scratch
+/// store, as a run does before it starts, without running anything: the error a run would
+/// fail with at once (a manifest the API server or istiod's validation refuses), or `Ok`.
+/// What conformance checks a validation case with.
+pub fn check_manifests(scenario: &Scenario) -> Result<(), crate::ScenarioError> {
+    prepare(scenario).map(|_| ())
+}
+
 /// Runs `scenario` under `seed`.
 pub fn run(scenario: &Scenario, seed: u64) -> RunOutput {
     let trace = Trace::new();
@@ -191,7 +199,7 @@ fn run_traced(scenario: &Scenario, seed: u64, trace: Trace) -> RunOutput {
         hosts: BTreeMap::new(),
         tap: WireTap::default(),
         prepared,
-        mesh: MeshConfig::default(),
+        mesh: scenario.settings.mesh().unwrap_or_default(),
         down: BTreeSet::new(),
         retired_waypoints: BTreeSet::new(),
         partitions: BTreeSet::new(),
