@@ -116,18 +116,24 @@ pub fn seed(configured: u64) -> u64 {
         .unwrap_or(1)
 }
 
-/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends to stop a pod), naming which.
-pub async fn stop_signal() -> &'static str {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends to stop a pod), naming which. The
+/// handlers are installed when this is called, not when the future is first polled: call it
+/// before the process says it is ready, or a SIGTERM in between kills it undrained.
+pub fn stop_signal() -> impl Future<Output = &'static str> {
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    let interrupt = tokio::signal::ctrl_c();
+    async move {
+        let terminate = async {
+            match terminate {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
             }
-            Err(_) => std::future::pending().await,
+        };
+        tokio::select! {
+            _ = interrupt => "interrupted",
+            () = terminate => "SIGTERM",
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "interrupted",
-        () = terminate => "SIGTERM",
     }
 }

@@ -179,6 +179,8 @@ fn load_state(args: &Args) -> anyhow::Result<StateDir> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
+    // Before istiod says it serves: a SIGTERM from then on drains.
+    let stop = dataplane::process::stop_signal();
     let config = store_config(&args)?;
     let mut store = Store::new(config);
     if !args.config.is_empty() {
@@ -218,7 +220,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             },
         ));
     }
-    let why = dataplane::process::stop_signal().await;
+    let why = stop.await;
     // Nothing istiod holds needs finishing: listeners close and xDS streams end at once, and
     // each ztunnel keeps its last configuration and certificates while it reconnects.
     tracing::info!("{why}; draining: listeners close and xDS streams end now");

@@ -25,6 +25,8 @@ Runs the L7 proxy of one waypoint Gateway. Settings come from the environment:
 ";
 
 async fn proxy() -> anyhow::Result<()> {
+    // Before anything can say "ready": a SIGTERM from then on drains.
+    let stop = process::stop_signal();
     let config = Config::from_env(|k| std::env::var(k).ok())?;
     if config.mesh.xds_address.is_none() {
         bail!("no control plane: set XDS_ADDRESS (istiod's xDS address)\n\n{USAGE}");
@@ -34,7 +36,7 @@ async fn proxy() -> anyhow::Result<()> {
     let certificates = process::certificate_provider(&config.mesh, &seams, local_ca.as_deref())?;
     let proxy = waypoint::run(config, seams, StateHandle::default(), certificates).await?;
     tokio::select! {
-        why = process::stop_signal() => tracing::info!("{why}; draining"),
+        why = stop => tracing::info!("{why}; draining"),
         () = proxy.quit_requested() => tracing::info!("/quitquitquit; draining"),
     }
     proxy.shutdown().await;

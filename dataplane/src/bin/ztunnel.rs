@@ -19,6 +19,8 @@ fn gen_ca(dir: &Path, trust_domain: &str) -> anyhow::Result<()> {
 }
 
 async fn proxy() -> anyhow::Result<()> {
+    // Before anything can say "ready": a SIGTERM from then on drains.
+    let stop = process::stop_signal();
     let config = Config::from_env(|k| std::env::var(k).ok())?;
     let mut state = State::default();
     if let Some(path) = &config.local_config {
@@ -29,7 +31,7 @@ async fn proxy() -> anyhow::Result<()> {
     let certificates = process::certificate_provider(&config, &seams, local_ca.as_deref())?;
     let proxy = ztunnel::run(config, seams, StateHandle::new(state), certificates).await?;
     tokio::select! {
-        why = process::stop_signal() => tracing::info!("{why}; draining"),
+        why = stop => tracing::info!("{why}; draining"),
         () = proxy.quit_requested() => tracing::info!("/quitquitquit; draining"),
     }
     proxy.shutdown().await;
