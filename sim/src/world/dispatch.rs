@@ -130,7 +130,22 @@ impl Driver<'_> {
                 (SocketAddr::new(pod.ip, port), pod.ip.to_string(), None)
             }
         };
-        let via = if captured {
+        // A pod calling its own IP is not intercepted at all, out or in (policy-semantics
+        // §4.1): the connection never leaves the pod, so no ztunnel and no policy sees it.
+        let to_itself = destination.ip() == source.ip;
+        let via = if to_itself {
+            self.send(
+                index,
+                n,
+                conn,
+                &source,
+                destination,
+                destination,
+                authority,
+                traffic.timeout.0,
+            );
+            return;
+        } else if captured {
             SocketAddr::new(self.ip(&source.node), Ports::default().outbound)
         } else {
             // kube-proxy turns a VIP into an endpoint first; then the destination's inbound
