@@ -295,8 +295,8 @@ pub fn load_case(path: &Path) -> Result<Case, CaseError> {
     Ok(case)
 }
 
-/// Every case of a suite (every `*.yaml` but `base.yaml`), sorted by file name; ids unique.
-pub fn load_cases(dir: &Path) -> Result<Vec<Case>, CaseError> {
+/// A suite's case files: every `*.yaml` in `dir` but `base.yaml`, sorted by name.
+pub fn case_files(dir: &Path) -> Result<Vec<PathBuf>, CaseError> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|source| CaseError::Read {
             file: dir.display().to_string(),
@@ -309,6 +309,12 @@ pub fn load_cases(dir: &Path) -> Result<Vec<Case>, CaseError> {
         })
         .collect();
     files.sort();
+    Ok(files)
+}
+
+/// Every case of a suite (every `*.yaml` but `base.yaml`), sorted by file name; ids unique.
+pub fn load_cases(dir: &Path) -> Result<Vec<Case>, CaseError> {
+    let files = case_files(dir)?;
     let cases = files
         .iter()
         .map(|f| load_case(f))

@@ -27,6 +27,7 @@ pub fn check(
     let response = match &observed.answer {
         Answer::Response(r) => r,
         Answer::Refused => return Err("the connection was refused or closed".into()),
+        Answer::Echoed => return Err("a TCP echo, not an HTTP answer".into()),
         // Even where a timeout status is expected, the proxy must answer it.
         Answer::Timeout => return Err("no answer within the request's timeout".into()),
     };

@@ -138,7 +138,7 @@ fn status(results: &[&CaseResult]) -> Status {
 pub fn profile_report(profile: Profile, results: &[CaseResult]) -> ProfileReport {
     let counted: Vec<(&CaseResult, Level)> = results
         .iter()
-        .filter(|r| r.profile == profile)
+        .filter(|r| r.profile == Some(profile))
         .filter_map(|r| profile.level_of(&r.features).map(|level| (r, level)))
         .collect();
     let at = |level: Level| -> Vec<&CaseResult> {
@@ -153,7 +153,7 @@ pub fn profile_report(profile: Profile, results: &[CaseResult]) -> ProfileReport
     // An extended feature is supported when some case needing it was run (not skipped).
     let exercised: BTreeSet<&str> = results
         .iter()
-        .filter(|r| r.profile == profile && !matches!(r.verdict, Verdict::Skip(_)))
+        .filter(|r| r.profile == Some(profile) && !matches!(r.verdict, Verdict::Skip(_)))
         .flat_map(|r| r.features.iter().map(String::as_str))
         .collect();
     let (supported, unsupported): (Vec<&str>, Vec<&str>) = profile
@@ -193,7 +193,9 @@ pub fn conformance_report(results: &[CaseResult], date: &str) -> ConformanceRepo
     let mut provisional: Vec<String> = results
         .iter()
         // Only cases of a reported profile: GATEWAY-HTTP ones run without a Gateway.
-        .filter(|r| r.profile == Profile::MeshHttp && r.provisional && r.verdict == Verdict::Pass)
+        .filter(|r| {
+            r.profile == Some(Profile::MeshHttp) && r.provisional && r.verdict == Verdict::Pass
+        })
         .map(|r| r.test.clone())
         .collect();
     provisional.sort();

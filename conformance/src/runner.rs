@@ -5,12 +5,17 @@
 //! with the last mismatch. A statistical request's samples must each match, and their
 //! shares meet §5's bounds: backend weights within 5 points absolute (weight 0 gets
 //! nothing), mirrored copies within 3 binomial standard deviations.
+//!
+//! A policy case's attempts are judged by `crate::policy`: every try of an attempt must show
+//! the expected outcome and decider (the target starts them once the configuration has
+//! converged). Every attempt of a case is judged, and the summary counts attempts.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::case::{Base, Case, RequestSpec};
 use crate::check::check;
+use crate::policy::{self, PolicyBase, PolicyCase};
 use crate::profiles::Profile;
 use crate::targets::{Answer, CaseRun, Observation, Target};
 use sim::apps::echo::EchoBody;
@@ -40,60 +45,164 @@ impl Verdict {
 #[derive(Debug, Clone)]
 pub struct CaseResult {
     pub id: String,
+    /// What the case covers, for its line: `MESH-HTTP MeshBasic`, or `§2.2` for a policy case.
+    pub about: String,
     pub test: String,
-    pub profile: Profile,
+    /// The Gateway API profile of a gateway-api case (none for a policy case).
+    pub profile: Option<Profile>,
     pub features: Vec<String>,
     pub provisional: bool,
     pub verdict: Verdict,
+    /// Attempts judged: a gateway-api case's requests, a policy case's attempts and the
+    /// manifests it expects refused (none for a skipped case).
+    pub attempts: usize,
+    /// Why each failed attempt failed (`label: reason`).
+    pub failures: Vec<String>,
     /// The run's wall time in seconds (not judged; for the line).
     pub wall_secs: f64,
 }
 
+impl CaseResult {
+    pub fn failed_attempts(&self) -> usize {
+        self.failures.len()
+    }
+}
+
 impl fmt::Display for CaseResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {} ({} {})",
-            self.verdict.word(),
-            self.id,
-            self.profile.name(),
-            self.test
-        )?;
+        write!(f, "{} {} ({})", self.verdict.word(), self.id, self.about)?;
         match &self.verdict {
-            Verdict::Pass => write!(f, " {:.1}s", self.wall_secs),
-            Verdict::Fail(why) | Verdict::Skip(why) => write!(f, ": {why}"),
+            Verdict::Pass => write!(f, " {:.1}s", self.wall_secs)?,
+            Verdict::Fail(why) | Verdict::Skip(why) => write!(f, ": {why}")?,
         }
+        // A policy case's failing attempts, one per line (a gateway-api case's first one is
+        // its reason).
+        if self.profile.is_none() {
+            for failure in &self.failures {
+                write!(f, "\n    {failure}")?;
+            }
+        }
+        Ok(())
     }
 }
 
 /// Runs `case` on `target` and judges it.
 pub fn run_case(target: &dyn Target, base: &Base, case: &Case) -> CaseResult {
     let started = std::time::Instant::now();
-    let verdict = match &case.skip {
-        Some(reason) => Verdict::Skip(reason.clone()),
+    let (verdict, failures) = match &case.skip {
+        Some(reason) => (Verdict::Skip(reason.clone()), Vec::new()),
         None => match target.run(base, case) {
-            Ok(run) => judge(case, &run),
-            Err(e) => Verdict::Fail(e.to_string()),
+            Ok(run) => judge_all(case, &run),
+            Err(e) => (
+                Verdict::Fail(e.to_string()),
+                case.requests
+                    .iter()
+                    .map(|r| format!("{}: not run", r.label()))
+                    .collect(),
+            ),
         },
     };
     CaseResult {
         id: case.id.clone(),
+        about: format!("{} {}", case.profile.name(), case.test),
         test: case.test.clone(),
-        profile: case.profile,
+        profile: Some(case.profile),
         features: case.features.clone(),
         provisional: case.provisional,
+        attempts: if case.skip.is_some() {
+            0
+        } else {
+            case.requests.len()
+        },
         verdict,
+        failures,
         wall_secs: started.elapsed().as_secs_f64(),
     }
 }
 
-/// The verdict on what a target saw for `case`.
+/// Runs a policy case on `target` and judges every attempt and every refusal.
+pub fn run_policy_case(target: &dyn Target, base: &PolicyBase, case: &PolicyCase) -> CaseResult {
+    let started = std::time::Instant::now();
+    let mut failures = Vec::new();
+    let verdict = match &case.skip {
+        Some(reason) => Verdict::Skip(reason.clone()),
+        None => match target.run_policy(base, case) {
+            Ok(run) => {
+                for (index, attempt) in case.attempts.iter().enumerate() {
+                    let tries = run.tries.get(index).map(Vec::as_slice).unwrap_or_default();
+                    if let Err(why) = policy::judge_attempt(attempt, tries) {
+                        failures.push(format!("{}: {why}", attempt.label()));
+                    }
+                }
+                for (refused, result) in case.refused.iter().zip(&run.refusals) {
+                    if let Err(why) = result {
+                        failures.push(format!(
+                            "{}: {why}, expected refused by validation",
+                            refused.name
+                        ));
+                    }
+                }
+                let replay = run
+                    .replay
+                    .as_ref()
+                    .map(|r| format!(" (replay: {r})"))
+                    .unwrap_or_default();
+                match (&run.problem, failures.len()) {
+                    (Some(problem), _) => Verdict::Fail(format!("{problem}{replay}")),
+                    (None, 0) => Verdict::Pass,
+                    (None, n) => {
+                        Verdict::Fail(format!("{n} of {} attempts failed{replay}", case.checks()))
+                    }
+                }
+            }
+            Err(e) => {
+                failures.extend(
+                    case.attempts
+                        .iter()
+                        .map(|a| format!("{}: not run", a.label())),
+                );
+                failures.extend(case.refused.iter().map(|r| format!("{}: not run", r.name)));
+                Verdict::Fail(e.to_string())
+            }
+        },
+    };
+    let mut about = format!("§{}, {} attempts", case.section, case.checks());
+    if let Some(quirk) = &case.quirk {
+        // The side the case takes (`intent, upstream differs: …` → `intent`).
+        let side = quirk.split([',', ':']).next().unwrap_or_default().trim();
+        about.push_str(&format!(", quirk: {side}"));
+    }
+    CaseResult {
+        id: case.id.clone(),
+        about,
+        test: format!("§{}", case.section),
+        profile: None,
+        features: Vec::new(),
+        provisional: false,
+        attempts: if case.skip.is_some() {
+            0
+        } else {
+            case.checks()
+        },
+        verdict,
+        failures,
+        wall_secs: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// The verdict on what a target saw for `case`: the first failing request's reason.
 pub fn judge(case: &Case, run: &CaseRun) -> Verdict {
+    judge_all(case, run).0
+}
+
+/// The verdict, and every failing request with its reason.
+fn judge_all(case: &Case, run: &CaseRun) -> (Verdict, Vec<String>) {
     let replay = run
         .replay
         .as_ref()
         .map(|r| format!(" (replay: {r})"))
         .unwrap_or_default();
+    let mut failures = Vec::new();
     for (index, request) in case.requests.iter().enumerate() {
         let tries = run.tries.get(index).map(Vec::as_slice).unwrap_or_default();
         let result = if request.samples.is_some() {
@@ -102,13 +211,15 @@ pub fn judge(case: &Case, run: &CaseRun) -> Verdict {
             judge_eventually(case.profile, request, tries)
         };
         if let Err(why) = result {
-            return Verdict::Fail(format!("{}: {why}{replay}", request.label()));
+            failures.push(format!("{}: {why}", request.label()));
         }
     }
-    if let Some(problem) = &run.problem {
-        return Verdict::Fail(format!("{problem}{replay}"));
-    }
-    Verdict::Pass
+    let verdict = match (failures.first(), &run.problem) {
+        (Some(first), _) => Verdict::Fail(format!("{first}{replay}")),
+        (None, Some(problem)) => Verdict::Fail(format!("{problem}{replay}")),
+        (None, None) => Verdict::Pass,
+    };
+    (verdict, failures)
 }
 
 /// Passes on the first `IN_A_ROW` consecutive matching tries; else the last mismatch.
@@ -241,34 +352,54 @@ pub fn weights_within(weights: &BTreeMap<String, u32>, backends: &[String]) -> R
     Ok(())
 }
 
-/// Counts of each verdict.
+/// Counts of cases by verdict, and of attempts judged.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Summary {
+    /// Cases, skipped ones included.
+    pub cases: usize,
     pub passed: usize,
     pub failed: usize,
     pub skipped: usize,
+    /// Attempts judged (skipped cases have none), and how many of them passed and failed.
+    pub attempts: usize,
+    pub attempts_passed: usize,
+    pub attempts_failed: usize,
 }
 
 impl Summary {
     pub fn of(results: &[CaseResult]) -> Summary {
         let mut s = Summary::default();
         for r in results {
+            s.cases += 1;
             match r.verdict {
                 Verdict::Pass => s.passed += 1,
                 Verdict::Fail(_) => s.failed += 1,
                 Verdict::Skip(_) => s.skipped += 1,
             }
+            s.attempts += r.attempts;
+            let failed = r.failed_attempts().min(r.attempts);
+            s.attempts_failed += failed;
+            s.attempts_passed += r.attempts - failed;
         }
         s
+    }
+
+    /// The cases by verdict: `N passed, N failed, N skipped`.
+    pub fn cases_line(&self) -> String {
+        format!(
+            "{} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.skipped
+        )
     }
 }
 
 impl fmt::Display for Summary {
+    /// `N cases, M attempts: P passed, F failed` (P and F count attempts).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} passed, {} failed, {} skipped",
-            self.passed, self.failed, self.skipped
+            "{} cases, {} attempts: {} passed, {} failed",
+            self.cases, self.attempts, self.attempts_passed, self.attempts_failed
         )
     }
 }

@@ -117,11 +117,14 @@ fn the_suite_covers_every_mesh_http_test_of_the_index() {
 fn result(test: &str, features: &[&str], provisional: bool, verdict: Verdict) -> CaseResult {
     CaseResult {
         id: test.to_lowercase(),
+        about: format!("MESH-HTTP {test}"),
         test: test.into(),
-        profile: Profile::MeshHttp,
+        profile: Some(Profile::MeshHttp),
         features: features.iter().map(|f| f.to_string()).collect(),
         provisional,
         verdict,
+        attempts: 1,
+        failures: Vec::new(),
         wall_secs: 0.0,
     }
 }

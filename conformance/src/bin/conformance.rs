@@ -1,6 +1,8 @@
-//! `cargo conformance [--target sim] [--suite gateway-api|all] [--case ID] [--seed N]
-//! [--report FILE]`: runs the suites, prints a line per case and a summary, writes the
-//! Gateway API ConformanceReport, and exits non-zero on any failure.
+//! `cargo conformance [--target sim] [--suite gateway-api|policy|all] [--case ID] [--seed N]
+//! [--report FILE]`: runs the suites, prints a line per case (and a policy case's failing
+//! attempts under it), the cases by verdict and the summary line `N cases, M attempts: P
+//! passed, F failed`, writes the Gateway API ConformanceReport (gateway-api cases only), and
+//! exits non-zero on any failure.
 
 use std::process::ExitCode;
 
@@ -15,7 +17,7 @@ struct Args {
     report: Option<String>,
 }
 
-const USAGE: &str = "usage: cargo conformance [--target sim] [--suite gateway-api|all] [--case ID] [--seed N] [--report FILE]";
+const USAGE: &str = "usage: cargo conformance [--target sim] [--suite gateway-api|policy|all] [--case ID] [--seed N] [--report FILE]";
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
@@ -84,6 +86,7 @@ fn run() -> anyhow::Result<bool> {
         bail!("no case {id:?} in {}", suites.join(", "));
     }
     let summary = Summary::of(&results);
+    println!("cases: {}", summary.cases_line());
     println!("{summary}");
     if let Some(file) = &args.report {
         let days = std::time::SystemTime::now()

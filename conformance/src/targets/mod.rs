@@ -1,16 +1,20 @@
 //! Targets: where a case runs. A target applies the base topology and the case's manifests,
 //! sends each request of the case repeatedly (the eventual-consistency rule needs a series
 //! of observations, gateway-api-semantics §2), and returns what each try saw. The runner
-//! judges; a target only observes.
+//! judges; a target only observes. A policy case (`crate::policy`) is run the same way, and
+//! its target also reports who denied each try, as far as it can tell.
 
 pub mod sim;
 
 use crate::case::{Base, Case};
+use crate::policy::{PolicyBase, PolicyCase, PolicyRun};
 
 /// What one try of a request saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     Response(Response),
+    /// A TCP exchange: the bytes sent came back.
+    Echoed,
     /// The connection was refused or closed before an answer.
     Refused,
     /// No answer within the request's timeout.
@@ -74,6 +78,11 @@ pub trait Target {
 
     /// Runs one case on top of `base` and reports every try of every request.
     fn run(&self, base: &Base, case: &Case) -> Result<CaseRun, TargetError>;
+
+    /// Runs one policy case on top of `base`: every try of every attempt, the denials the
+    /// proxies logged while each was in flight, and whether each manifest the case expects
+    /// refused was.
+    fn run_policy(&self, base: &PolicyBase, case: &PolicyCase) -> Result<PolicyRun, TargetError>;
 }
 
 /// The target a command-line name stands for.

@@ -3,6 +3,13 @@
 //! seed with the production istiod, ztunnels and waypoints. Each request is sent every
 //! 100 ms from when the configuration has had time to converge, so the runner can apply the
 //! eventual-consistency rule; a statistical request sends its samples every 10 ms.
+//!
+//! A policy case becomes a scenario the same way (one traffic per attempt, from a pod), but
+//! its attempts take turns: round after round, each attempt tries once in a slot of its own,
+//! so what the proxies logged while a try was in flight (the trace's policy decisions) tells
+//! who denied it. A case with a change makes its rounds before the change, then after it
+//! once everything has converged; a manifest a case expects refused is applied to a scratch
+//! store, as the simulator checks a scenario before it runs.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,6 +20,9 @@ use sim::scenario::Outcome;
 
 use super::{Answer, CaseRun, Observation, Response, Target, TargetError};
 use crate::case::{Base, Case, RequestSpec};
+use crate::policy::{
+    self, Connection, Decider, Denial, Phase, PolicyBase, PolicyCase, PolicyRun, PolicyTry,
+};
 
 /// When the first try of each request is made: istiod has deployed the waypoint and pushed
 /// the routes well before (the simulator's own waypoint scenarios start at 3 s).
@@ -132,6 +142,10 @@ impl Target for SimTarget {
         "sim"
     }
 
+    fn run_policy(&self, base: &PolicyBase, case: &PolicyCase) -> Result<PolicyRun, TargetError> {
+        self.run_policy_case(base, case)
+    }
+
     fn run(&self, base: &Base, case: &Case) -> Result<CaseRun, TargetError> {
         let text = self.scenario_text(base, case)?;
         let file = case.file.display().to_string();
@@ -153,6 +167,7 @@ impl Target for SimTarget {
             };
             let answer = match (&record.response, record.outcome) {
                 (Some(r), _) => Answer::Response(response(r)),
+                (None, Outcome::Succeed) => Answer::Echoed,
                 (None, Outcome::Timeout) => Answer::Timeout,
                 (None, _) => Answer::Refused,
             };
@@ -174,16 +189,7 @@ impl Target for SimTarget {
                 list.into_iter().map(|(_, o)| o).collect()
             })
             .collect();
-        let problem = match (&output.violation, &output.failure) {
-            (_, Some(f)) => Some(format!("the simulation failed: {f}")),
-            (Some(v), None) => Some(format!(
-                "simulator invariant {} violated at {}ms: {}",
-                v.invariant,
-                v.at.as_millis(),
-                v.event
-            )),
-            (None, None) => None,
-        };
+        let problem = run_problem(output);
         Ok(CaseRun {
             tries,
             problem,
@@ -191,6 +197,364 @@ impl Target for SimTarget {
                 "cargo conformance --case {} --seed {}",
                 case.id, self.seed
             )),
+        })
+    }
+}
+
+/// Policy attempts: the first round starts once istiod has pushed the policies and deployed
+/// the waypoints (the simulator's waypoint scenarios start at 3 s).
+const POLICY_FIRST_TRY: Duration = Duration::from_secs(3);
+/// Each attempt's slot in a round: long enough for a try to be answered or refused (they
+/// take milliseconds), so the decisions logged in a try's window are its own.
+const POLICY_SLOT: Duration = Duration::from_millis(100);
+/// A try's timeout (a denial is immediate; an allowed try takes milliseconds).
+const POLICY_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a change, the time every proxy has to hold it before the next round (the
+/// simulator's convergence bound for policy changes is 1 s).
+const POLICY_SETTLE: Duration = Duration::from_secs(2);
+
+/// When a policy case's rounds and change happen.
+#[derive(Debug, Clone, Copy)]
+struct PolicySchedule {
+    /// Time between two tries of one attempt.
+    round: Duration,
+    /// When the change is applied (after the last try before it).
+    change_at: Option<Duration>,
+}
+
+impl PolicySchedule {
+    fn of(case: &PolicyCase) -> Self {
+        let slots = POLICY_SLOT * u32::try_from(case.attempts.len().max(1)).unwrap_or(u32::MAX);
+        match case.change {
+            None => PolicySchedule {
+                round: slots,
+                change_at: None,
+            },
+            Some(_) => {
+                // A round is the attempts' slots and POLICY_SETTLE: the change is made right
+                // after the last try before it, and the next round starts POLICY_SETTLE later.
+                let round = slots + POLICY_SETTLE;
+                let tries = u32::try_from(policy::TRIES).unwrap_or(u32::MAX);
+                PolicySchedule {
+                    round,
+                    change_at: Some(POLICY_FIRST_TRY + round * (tries - 1) + slots),
+                }
+            }
+        }
+    }
+
+    fn rounds(&self) -> u32 {
+        let tries = u32::try_from(policy::TRIES).unwrap_or(u32::MAX);
+        if self.change_at.is_some() {
+            2 * tries
+        } else {
+            tries
+        }
+    }
+}
+
+/// The order attempts take their slots in: persistent attempts the change closes first, so
+/// what was logged since the change, up to such an attempt's first try after it, is about
+/// them only (the case's check makes them share a decider).
+fn slot_order(case: &PolicyCase) -> Vec<usize> {
+    let closing = |a: &policy::Attempt| {
+        case.change.is_some()
+            && a.connection == Connection::Persistent
+            && a.before == Some(policy::Outcome::Allowed)
+            && a.expect != policy::Outcome::Allowed
+    };
+    let mut order: Vec<usize> = (0..case.attempts.len()).collect();
+    order.sort_by_key(|&i| !closing(&case.attempts[i]));
+    let mut slots = vec![0; case.attempts.len()];
+    for (slot, i) in order.into_iter().enumerate() {
+        slots[i] = slot;
+    }
+    slots
+}
+
+fn policy_traffic(
+    index: usize,
+    attempt: &policy::Attempt,
+    slot: usize,
+    schedule: &PolicySchedule,
+) -> Value {
+    let to = match (&attempt.to.service, &attempt.to.pod) {
+        (Some(service), _) => json!({"service": service, "port": attempt.to.port}),
+        (_, Some(pod)) => json!({"pod": pod, "port": attempt.to.port}),
+        _ => json!({}),
+    };
+    let start = POLICY_FIRST_TRY + POLICY_SLOT * u32::try_from(slot).unwrap_or(u32::MAX);
+    let mut traffic = json!({
+        "name": format!("attempt-{index}"),
+        "from": {"pod": attempt.from},
+        "to": to,
+        "protocol": match attempt.protocol {
+            policy::Protocol::Http => "http",
+            policy::Protocol::Tcp => "tcp",
+        },
+        "connection": match attempt.connection {
+            Connection::New => "new",
+            Connection::Persistent => "persistent",
+        },
+        "start": millis(start),
+        "every": millis(schedule.round),
+        "duration": millis(schedule.round * schedule.rounds()),
+        "timeout": millis(POLICY_TIMEOUT),
+        "expect": "any",
+        "record": true,
+    });
+    if attempt.protocol == policy::Protocol::Http {
+        traffic["http"] = json!({
+            "method": attempt.method(),
+            "path": attempt.path(),
+            "headers": attempt.headers,
+        });
+    }
+    if let Some(encrypted) = attempt.encrypted {
+        traffic["encrypted"] = json!(encrypted);
+    }
+    traffic
+}
+
+fn cluster_text(parts: &[&str]) -> String {
+    let mut cluster = String::new();
+    for part in parts.iter().filter(|p| !p.trim().is_empty()) {
+        if !cluster.is_empty() {
+            cluster.push_str("---\n");
+        }
+        cluster.push_str(part.trim_end());
+        cluster.push('\n');
+    }
+    cluster
+}
+
+/// Whether a logged decision is a denial (or a close because of one).
+fn is_denial(decision: &str) -> bool {
+    decision.starts_with("explicitly denied")
+        || decision.starts_with("denied")
+        || decision == "closed by a policy change"
+}
+
+/// A source ztunnel failing a connection closed because the waypoint it must go through
+/// cannot be resolved (policy-semantics §4.4): not a policy decision, but a denial all the
+/// same, and ztunnel's.
+fn fail_closed(what: &str) -> Option<String> {
+    let at = what.find("error=waypoint ")?;
+    let error = &what[at + "error=".len()..];
+    error
+        .contains("could not be resolved")
+        .then(|| format!("fail closed: {error}"))
+}
+
+impl SimTarget {
+    /// The scenario a policy case runs as (YAML, so it goes through the simulator's checks).
+    pub fn policy_scenario_text(
+        &self,
+        base: &PolicyBase,
+        case: &PolicyCase,
+    ) -> Result<String, TargetError> {
+        let schedule = PolicySchedule::of(case);
+        let slots = slot_order(case);
+        let traffic: Vec<Value> = case
+            .attempts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| policy_traffic(i, a, slots[i], &schedule))
+            .collect();
+        let mut scenario = json!({
+            "about": format!("conformance policy case {} (§{})", case.id, case.section),
+            "name": case.id,
+            "seed": self.seed,
+            "nodes": base.nodes,
+            "settings": {"settle": "2s", "maxDuration": "10m"},
+            "cluster": cluster_text(&[&base.manifests, &case.manifests]),
+            "traffic": traffic,
+        });
+        if let (Some(change), Some(at)) = (&case.change, schedule.change_at) {
+            let mut step = json!({"at": millis(at)});
+            if let Some(apply) = &change.apply {
+                step["apply"] = json!(apply);
+            }
+            if let Some(r) = &change.delete {
+                step["delete"] = json!({"kind": r.kind, "namespace": r.namespace, "name": r.name});
+            }
+            scenario["timeline"] = json!([step]);
+        }
+        serde_yaml::to_string(&scenario).map_err(|e| TargetError::Setup(e.to_string()))
+    }
+
+    /// Whether `manifest`, applied on top of the base and the case's manifests, is refused:
+    /// `Ok(reason)` if it is.
+    fn refusal(
+        &self,
+        base: &PolicyBase,
+        case: &PolicyCase,
+        manifest: &str,
+    ) -> Result<Result<String, String>, TargetError> {
+        let scenario = json!({
+            "about": format!("conformance policy case {}: a manifest to refuse", case.id),
+            "name": case.id,
+            "nodes": base.nodes,
+            "cluster": cluster_text(&[&base.manifests, &case.manifests, manifest]),
+        });
+        let text =
+            serde_yaml::to_string(&scenario).map_err(|e| TargetError::Setup(e.to_string()))?;
+        let file = case.file.display().to_string();
+        let scenario = match sim::Scenario::parse(&text, &file, &case.id) {
+            Ok(s) => s,
+            // Refused when read (a field the API's schema does not have).
+            Err(e) => return Ok(Ok(e.message)),
+        };
+        Ok(match sim::world::check_manifests(&scenario) {
+            Err(e) => Ok(e.message),
+            Ok(()) => Err("accepted".into()),
+        })
+    }
+}
+
+/// Tries of every attempt from the run's records, each with the denials logged in its window.
+fn policy_tries(
+    case: &PolicyCase,
+    nodes: &[String],
+    schedule: &PolicySchedule,
+    output: &sim::RunOutput,
+) -> Vec<Vec<PolicyTry>> {
+    let denials: Vec<(Duration, Denial)> = output
+        .events
+        .iter()
+        .filter_map(|e| {
+            let decision = e
+                .decision
+                .clone()
+                .filter(|d| is_denial(d))
+                .or_else(|| fail_closed(&e.what))?;
+            let component = if e.host.contains('/') {
+                Decider::Waypoint
+            } else if nodes.contains(&e.host) {
+                Decider::Ztunnel
+            } else {
+                return None;
+            };
+            Some((
+                e.at,
+                Denial {
+                    component,
+                    host: e.host.clone(),
+                    decision,
+                },
+            ))
+        })
+        .collect();
+    let mut received: BTreeMap<(usize, u64), Vec<String>> = BTreeMap::new();
+    for d in &output.deliveries {
+        received
+            .entry((d.traffic, d.request))
+            .or_default()
+            .push(d.pod.clone());
+    }
+    let mut records: Vec<Vec<&sim::RequestRecord>> = vec![Vec::new(); case.attempts.len()];
+    for record in &output.requests {
+        if let Some(list) = records.get_mut(record.traffic) {
+            list.push(record);
+        }
+    }
+    records
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut list)| {
+            list.sort_by_key(|r| r.request);
+            let persistent = case.attempts[index].connection == Connection::Persistent;
+            let mut first_after = true;
+            list.into_iter()
+                .map(|record| {
+                    let phase = match schedule.change_at {
+                        Some(at) if record.started < at => Phase::Before,
+                        _ => Phase::After,
+                    };
+                    // A persistent connection the change closed fails its first try after
+                    // the change without a decision of its own: the close was logged since.
+                    let from = match schedule.change_at {
+                        Some(at) if persistent && phase == Phase::After && first_after => at,
+                        _ => record.started,
+                    };
+                    if phase == Phase::After {
+                        first_after = false;
+                    }
+                    let answer = match (&record.response, record.outcome) {
+                        (Some(r), _) => Answer::Response(response(r)),
+                        (None, Outcome::Succeed) => Answer::Echoed,
+                        (None, Outcome::Timeout) => Answer::Timeout,
+                        (None, _) => Answer::Refused,
+                    };
+                    PolicyTry {
+                        phase,
+                        observation: Observation {
+                            at_ms: u64::try_from(record.started.as_millis()).unwrap_or(u64::MAX),
+                            answer,
+                            received_by: received
+                                .remove(&(record.traffic, record.request))
+                                .unwrap_or_default(),
+                        },
+                        denials: denials
+                            .iter()
+                            .filter(|(at, _)| *at >= from && *at <= record.finished)
+                            .map(|(_, d)| d.clone())
+                            .collect(),
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The run's problem, if any: the simulation failed or an invariant was violated.
+fn run_problem(output: &sim::RunOutput) -> Option<String> {
+    match (&output.violation, &output.failure) {
+        (_, Some(f)) => Some(format!("the simulation failed: {f}")),
+        (Some(v), None) => Some(format!(
+            "simulator invariant {} violated at {}ms: {}",
+            v.invariant,
+            v.at.as_millis(),
+            v.event
+        )),
+        (None, None) => None,
+    }
+}
+
+impl SimTarget {
+    fn run_policy_case(
+        &self,
+        base: &PolicyBase,
+        case: &PolicyCase,
+    ) -> Result<PolicyRun, TargetError> {
+        let refusals = case
+            .refused
+            .iter()
+            .map(|r| self.refusal(base, case, &r.manifest))
+            .collect::<Result<Vec<_>, _>>()?;
+        let replay = Some(format!(
+            "cargo conformance --case {} --seed {}",
+            case.id, self.seed
+        ));
+        if case.attempts.is_empty() {
+            return Ok(PolicyRun {
+                tries: Vec::new(),
+                refusals,
+                problem: None,
+                replay,
+            });
+        }
+        let text = self.policy_scenario_text(base, case)?;
+        let file = case.file.display().to_string();
+        let scenario = sim::Scenario::parse(&text, &file, &case.id)
+            .map_err(|e| TargetError::Setup(e.message))?;
+        let report = sim::run_scenario(&scenario, self.seed);
+        let schedule = PolicySchedule::of(case);
+        Ok(PolicyRun {
+            tries: policy_tries(case, &base.nodes, &schedule, &report.output),
+            refusals,
+            problem: run_problem(&report.output),
+            replay,
         })
     }
 }
