@@ -324,6 +324,12 @@ pub struct PolicyCase {
     pub refused: Vec<Refused>,
     #[serde(default)]
     pub change: Option<Change>,
+    /// istiod's feature flags for this case, by upstream's environment variable names.
+    #[serde(default, rename = "istiodEnv")]
+    pub istiod_env: BTreeMap<String, String>,
+    /// Upstream's mesh config (YAML) istiod runs with for this case.
+    #[serde(default, rename = "meshConfig")]
+    pub mesh_config: String,
     #[serde(default)]
     pub attempts: Vec<Attempt>,
     #[serde(skip)]

@@ -366,7 +366,12 @@ impl SimTarget {
             "name": case.id,
             "seed": self.seed,
             "nodes": base.nodes,
-            "settings": {"settle": "2s", "maxDuration": "10m"},
+            "settings": {
+                "settle": "2s",
+                "maxDuration": "10m",
+                "istiodEnv": case.istiod_env,
+                "meshConfig": case.mesh_config,
+            },
             "cluster": cluster_text(&[&base.manifests, &case.manifests]),
             "traffic": traffic,
         });
