@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use dataplane::IdleLimit;
 use dataplane::seams::{BoxStream, Listener};
 
 type Closed = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -117,12 +118,17 @@ pub fn incoming(
     let (tx, rx) = mpsc::channel(64);
     let acceptor = tls.map(TlsAcceptor::from);
     let accept_task = tokio::spawn(async move {
+        let mut backoff = dataplane::AcceptBackoff::default();
         loop {
             let pending = match listener.accept().await {
-                Ok(pending) => pending,
+                Ok(pending) => {
+                    backoff.succeeded();
+                    pending
+                }
                 Err(err) => {
-                    tracing::warn!(listener = name, %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let wait = backoff.failed();
+                    tracing::warn!(listener = name, %err, retry_in = ?wait, "accept failed");
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
             };
@@ -140,6 +146,11 @@ pub fn incoming(
                         Some(acceptor) => Box::new(acceptor.accept(accepted.stream).await?),
                         None => accepted.stream,
                     };
+                    // A client that connects (or finishes TLS) and never sends its HTTP/2
+                    // preface is dropped at the handshake timeout, not kept forever;
+                    // established xDS streams may then idle as long as they like.
+                    let stream: BoxStream =
+                        Box::new(IdleLimit::until_first_read(stream, handshake_timeout));
                     io::Result::Ok(GrpcConnection {
                         stream,
                         peer,

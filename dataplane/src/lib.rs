@@ -16,3 +16,5 @@ pub mod state;
 pub mod waypoint;
 pub mod xds;
 pub mod ztunnel;
+
+pub use listeners::{AcceptBackoff, IdleLimit};

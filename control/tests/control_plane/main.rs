@@ -3,6 +3,7 @@
 mod ca;
 mod common;
 mod end_to_end;
+mod listeners;
 mod processes;
 mod simulated;
 mod xds_stream;

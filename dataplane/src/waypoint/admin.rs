@@ -171,5 +171,9 @@ fn handle(inner: &Inner, endpoint: Endpoint, request: &Request<Incoming>) -> Res
 
 /// Serves one HTTP/1.1 connection on an admin-type listener.
 pub(crate) async fn serve(inner: Arc<Inner>, endpoint: Endpoint, accepted: Accepted) {
-    serve_http(accepted, move |request| handle(&inner, endpoint, request)).await;
+    let deadline = inner.config.mesh.handshake_timeout;
+    serve_http(accepted, deadline, move |request| {
+        handle(&inner, endpoint, request)
+    })
+    .await;
 }

@@ -127,3 +127,62 @@ async fn admin_serves_only_origin_form_targets() {
     let (status, _) = http_get(admin, "/config_dump").await;
     assert_eq!(status, 200);
 }
+
+/// Whether the server closes `stream` within `within`: EOF or a reset.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// An idle client, a trickling one and a forgotten keep-alive are each closed on `port`.
+async fn drops_idle_and_trickling_clients(port: SocketAddr) {
+    // Connected, then silent.
+    let mut idle = TcpStream::connect(port).await.unwrap();
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(4)).await,
+        "{port}: an idle connection is kept"
+    );
+    // One byte of a request line per 500 ms: never a whole header block in time.
+    let mut trickle = TcpStream::connect(port).await.unwrap();
+    let mut closed = false;
+    for byte in b"GET /healthz/ready HTTP/1.1\r\nhost: x\r\n".iter() {
+        if trickle.write_all(&[*byte]).await.is_err()
+            || closed_within(&mut trickle, Duration::from_millis(500)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "{port}: a trickling client is kept");
+    // Keep-alive after an answer: idle again, closed again.
+    let mut kept = TcpStream::connect(port).await.unwrap();
+    kept.write_all(b"GET /nothing HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut kept, Duration::from_secs(4)).await,
+        "{port}: an idle keep-alive connection is kept"
+    );
+}
+
+#[tokio::test]
+async fn the_http_ports_close_idle_and_trickling_clients() {
+    // The ztunnel's handshake timeout (2 s here) bounds them.
+    let pair = Pair::start("").await;
+    let addresses = pair.a.addresses();
+    tokio::join!(
+        drops_idle_and_trickling_clients(addresses.admin),
+        drops_idle_and_trickling_clients(addresses.metrics),
+        drops_idle_and_trickling_clients(addresses.readiness),
+    );
+    // And the ports still answer.
+    let (status, _) = http_get(addresses.admin, "/config_dump").await;
+    assert_eq!(status, 200);
+}

@@ -15,11 +15,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+mod idle;
+
+pub use idle::IdleLimit;
+
 use crate::seams::{Accepted, Listener, Network};
 use crate::ztunnel::StartError;
-
-/// How long an admin-type HTTP client may take to send its request head.
-const HEADER_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Where admin (config dumps, `/quitquitquit`) listens: loopback, as upstream binds it to
 /// localhost, unless the listen address is itself a loopback address (several proxies on
@@ -53,6 +54,28 @@ pub(crate) async fn signalled(signal: &mut watch::Receiver<bool>) {
     let _ = signal.wait_for(|s| *s).await;
 }
 
+/// How long to wait after a failed accept: 10 ms, doubling to 1 s while failures continue
+/// (out of descriptors, each failure would otherwise be retried - and logged - at once),
+/// and back to nothing after an accept succeeds.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    wait: Duration,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MOST: Duration = Duration::from_secs(1);
+
+    pub fn failed(&mut self) -> Duration {
+        self.wait = (self.wait * 2).clamp(Self::FIRST, Self::MOST);
+        self.wait
+    }
+
+    pub fn succeeded(&mut self) {
+        self.wait = Duration::ZERO;
+    }
+}
+
 /// Accepts until `stop` turns true, each connection on its own task.
 pub(crate) fn spawn_accept_loop<F, Fut>(
     listener: Box<dyn Listener>,
@@ -66,12 +89,14 @@ where
     let handler = Arc::new(handler);
     tokio::spawn(async move {
         let local = listener.local_addr();
+        let mut backoff = AcceptBackoff::default();
         loop {
             tokio::select! {
                 biased;
                 () = signalled(&mut stop) => return,
                 incoming = listener.accept() => match incoming {
                     Ok(incoming) => {
+                        backoff.succeeded();
                         let handler = handler.clone();
                         tokio::spawn(async move {
                             match incoming.await {
@@ -81,8 +106,9 @@ where
                         });
                     }
                     Err(err) => {
-                        tracing::warn!(%local, %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        let wait = backoff.failed();
+                        tracing::warn!(%local, %err, retry_in = ?wait, "accept failed");
+                        tokio::time::sleep(wait).await;
                     }
                 },
             }
@@ -159,8 +185,10 @@ pub(crate) fn refusal(
 }
 
 /// Serves one HTTP/1.1 connection on an admin-type listener: every request that passes
-/// [`refusal`] goes to `handle`.
-pub(crate) async fn serve_http<H>(accepted: Accepted, handle: H)
+/// [`refusal`] goes to `handle`. `deadline` bounds both a client's silence (before its
+/// first byte, or kept alive between requests) and the time it takes to send a request
+/// head, so an idle or trickling client cannot hold the port.
+pub(crate) async fn serve_http<H>(accepted: Accepted, deadline: Duration, handle: H)
 where
     H: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
 {
@@ -176,8 +204,11 @@ where
     if let Err(err) = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .auto_date_header(false)
-        .header_read_timeout(HEADER_DEADLINE)
-        .serve_connection(TokioIo::new(accepted.stream), service)
+        .header_read_timeout(deadline)
+        .serve_connection(
+            TokioIo::new(IdleLimit::new(accepted.stream, deadline)),
+            service,
+        )
         .await
     {
         tracing::debug!(%peer, %err, "admin connection ended with an error");
@@ -190,6 +221,15 @@ mod tests {
 
     fn refused(peer: &str, method: Method, target: &str) -> Option<StatusCode> {
         refusal(peer.parse().unwrap(), &method, &target.parse().unwrap()).map(|(s, _)| s)
+    }
+
+    #[test]
+    fn accept_failures_back_off_to_a_second_and_reset() {
+        let mut b = AcceptBackoff::default();
+        let waits: Vec<u128> = (0..9).map(|_| b.failed().as_millis()).collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        b.succeeded();
+        assert_eq!(b.failed().as_millis(), 10);
     }
 
     #[test]
