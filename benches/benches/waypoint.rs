@@ -138,6 +138,7 @@ fn waypoint_config() -> pb::WaypointConfig {
             policies: Vec::new(),
         }],
         policies: Vec::new(),
+        layered_policies: Vec::new(),
     }
 }
 

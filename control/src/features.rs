@@ -16,10 +16,9 @@ pub struct Features {
     /// that, unless other ALLOW policies exist, traffic that bypasses the waypoint is refused
     /// (policy-semantics §2.6).
     pub auto_allow_waypoint_policy: bool,
-    /// `ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES`: upstream makes a waypoint also
-    /// enforce the selector policies that select the waypoint's own pods, with L4 semantics.
-    /// Accepted and carried, but not implemented: our waypoint ignores selector policies
-    /// whatever the value.
+    /// `ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES`: a waypoint also enforces the
+    /// selector policies that select its own pods, once per HBONE connection, as a
+    /// connection (no HTTP attributes), before routing (`WaypointConfig.layered_policies`).
     pub layered_waypoint_authorization_policies: bool,
 }
 

@@ -14,7 +14,7 @@
 //! Feature flags come from upstream's environment variables (`true`/`1` on, `false`/`0`/unset
 //! off, anything else refused): `AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY`,
 //! `PILOT_AUTO_ALLOW_WAYPOINT_POLICY`, `ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES` (the
-//! last accepted but not implemented). See `control::features`.
+//! last makes a waypoint enforce the selector policies on its own pods). See `control::features`.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -260,12 +260,6 @@ fn run() -> anyhow::Result<()> {
     let features = Features::from_lookup(|name| {
         std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
     })?;
-    if features.layered_waypoint_authorization_policies {
-        tracing::warn!(
-            "{} is set but not implemented: waypoints do not enforce selector policies",
-            Features::LAYERED_WAYPOINT_AUTHORIZATION_POLICIES
-        );
-    }
     args.istiod.mesh.features = features;
     if args.check {
         if args.config.is_empty() {

@@ -193,6 +193,7 @@ fn waypoint_configs_go_to_waypoints_only() {
                     )
                     .collect(),
                 policies: Vec::new(),
+                layered_policies: Vec::new(),
             };
             snapshot.waypoints.insert(format!("shop/{name}"), config);
         }

@@ -443,3 +443,51 @@ fn auto_allow_skips_waypoints_that_are_not_bound() {
     );
     assert!(echo_admits(&s, "web"));
 }
+
+/// `ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES`: selector policies that select the
+/// waypoint's pods reach that waypoint's config, from its namespace or the root namespace;
+/// policies selecting other pods, or with the flag off, do not.
+#[test]
+fn layered_policies_select_the_waypoints_own_pods_only_with_the_flag() {
+    let policy = |ns: &str, name: &str, labels: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{matchLabels: {{{labels}}}}}\n  action: DENY\n  rules: [{{from: [{{source: {{namespaces: [lab]}}}}]}}]\n"
+        )
+    };
+    let st = store(&format!(
+        "{BASE}\n---\n{}---\n{}---\n{}---\n{}---\n{}---\n{}",
+        waypoint("shop", "waypoint", None, "Same"),
+        deployment("shop", "echo", "", "echo", ""),
+        policy(
+            "shop",
+            "on-waypoint",
+            "gateway.networking.k8s.io/gateway-name: waypoint"
+        ),
+        policy(
+            "istio-system",
+            "mesh-on-waypoints",
+            "gateway.networking.k8s.io/gateway-name: waypoint"
+        ),
+        policy("shop", "on-echo", "app: echo"),
+        policy("shop", "empty-selector", ""),
+    ));
+    let layered = |mesh: &MeshConfig| -> Vec<String> {
+        translate::snapshot(&st, mesh).waypoints["shop/waypoint"]
+            .layered_policies
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect()
+    };
+    assert!(layered(&MeshConfig::default()).is_empty(), "off by default");
+    let on = MeshConfig {
+        features: Features {
+            layered_waypoint_authorization_policies: true,
+            ..Features::default()
+        },
+        ..MeshConfig::default()
+    };
+    assert_eq!(
+        layered(&on),
+        ["istio-system/mesh-on-waypoints", "shop/on-waypoint"]
+    );
+}

@@ -16,6 +16,7 @@ use super::proxy::{self, Destination, Downstream};
 use super::routes::Protocol;
 use super::upstream::{self, Target};
 use crate::hbone::{self, H2Io, IncomingConnect, ServerOptions, TraceParent};
+use crate::policy::request::{RequestContext, evaluate};
 use crate::seams::Accepted;
 
 /// The most request header bytes a client may send (upstream Envoy's default is 60 KiB):
@@ -102,6 +103,29 @@ async fn handle_connect(inner: Arc<Inner>, incoming: IncomingConnect) {
             "authority is neither a Service bound to this waypoint nor a known workload",
         );
     };
+    // Layered policies (selector policies on the waypoint's own pods): the connection as a
+    // whole, before it is routed; refused like a ztunnel refuses (401 to the CONNECT).
+    let layered = inner.routes.borrow().layered.clone();
+    if !layered.is_empty() {
+        let principal = request.peer_identity.as_ref().map(|i| i.principal());
+        let ctx = RequestContext {
+            identity: request.peer_identity.as_ref(),
+            principal: principal.as_deref(),
+            source_ip: request.peer.ip().to_canonical(),
+            destination_ip: authority.ip(),
+            destination_port: authority.port(),
+            http: None,
+        };
+        let decision = evaluate(&ctx, &layered);
+        if !decision.allowed {
+            let reason = decision.summary(&layered);
+            return refuse(
+                incoming,
+                StatusCode::UNAUTHORIZED,
+                &format!("layered authorization: {reason}"),
+            );
+        }
+    }
     let source = inner
         .state
         .read(|s| s.workload_by_ip(&inner.config.mesh.network, request.peer.ip()));

@@ -115,6 +115,9 @@ pub fn waypoint_configs(store: &Store, mesh: &MeshConfig) -> BTreeMap<String, Wa
     for policy in store.authorization_policies() {
         attach_policy(mesh, policy, &bound, &mut building);
     }
+    if mesh.features.layered_waypoint_authorization_policies {
+        attach_layered(store, mesh, &mut building);
+    }
     building
         .into_iter()
         .map(|(key, b)| (key, b.finish()))
@@ -130,6 +133,8 @@ struct Building {
     services: BTreeMap<String, ServiceEntry>,
     /// By `namespace/name`.
     policies: BTreeMap<String, pb::AuthorizationPolicy>,
+    /// Selector policies selecting the waypoint's pods (the layered flag), by key.
+    layered: BTreeMap<String, pb::AuthorizationPolicy>,
 }
 
 struct ServiceEntry {
@@ -186,6 +191,7 @@ impl Building {
             name: self.name,
             services,
             policies: self.policies.into_values().collect(),
+            layered_policies: self.layered.into_values().collect(),
         }
     }
 }

@@ -62,6 +62,47 @@ pub(super) fn attach_policy(
     }
 }
 
+/// With `ENABLE_LAYERED_WAYPOINT_AUTHORIZATION_POLICIES`: each `selector` policy that
+/// selects one of a waypoint's pods (labels a superset of `matchLabels`; from the pod's
+/// namespace or the root namespace; empty `matchLabels` selects nothing) is also enforced by
+/// that waypoint at HBONE termination (policy-semantics §2.6).
+pub(super) fn attach_layered(
+    store: &Store,
+    mesh: &MeshConfig,
+    building: &mut BTreeMap<String, Building>,
+) {
+    let pods = store.pods();
+    for policy in store.authorization_policies() {
+        let Some(selector) = &policy.spec.selector else {
+            continue;
+        };
+        if selector.match_labels.is_empty() {
+            continue;
+        }
+        let namespace = policy.metadata.namespace.as_deref().unwrap_or("");
+        let name = policy.metadata.name.as_deref().unwrap_or("");
+        for pod in pods.iter().filter(|p| !p.terminated) {
+            let Some(gateway) = pod.labels.get(waypoints::GATEWAY_NAME) else {
+                continue;
+            };
+            let selected = (namespace == pod.namespace || namespace == mesh.root_namespace)
+                && selector
+                    .match_labels
+                    .iter()
+                    .all(|(k, v)| pod.labels.get(k) == Some(v));
+            if !selected {
+                continue;
+            }
+            if let Some(waypoint) = building.get_mut(&format!("{}/{gateway}", pod.namespace)) {
+                waypoint.layered.insert(
+                    format!("{namespace}/{name}"),
+                    convert_policy(mesh, namespace, name, policy),
+                );
+            }
+        }
+    }
+}
+
 pub(super) fn convert_policy(
     mesh: &MeshConfig,
     namespace: &str,

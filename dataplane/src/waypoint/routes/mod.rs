@@ -171,6 +171,9 @@ pub struct RouteTable {
     by_key: BTreeMap<String, Arc<BoundService>>,
     /// Policies attached to the waypoint itself: all that workload-addressed traffic meets.
     pub policies: Arc<[RequestPolicy]>,
+    /// Selector policies selecting the waypoint's pods (istiod's layered flag), judged once
+    /// per HBONE connection before anything is routed.
+    pub layered: Arc<[RequestPolicy]>,
     /// The configuration this was built from, for `/config_dump`.
     pub(crate) source: WaypointConfig,
     /// Entries whose matches could not be compiled, with why.
@@ -183,6 +186,7 @@ impl RouteTable {
             namespace: config.namespace.clone(),
             name: config.name.clone(),
             policies: config.policies.iter().map(compile).collect(),
+            layered: config.layered_policies.iter().map(compile).collect(),
             ..RouteTable::default()
         };
         for service in &config.services {

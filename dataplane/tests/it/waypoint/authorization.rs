@@ -304,3 +304,35 @@ async fn the_admin_api_explains_a_decision() {
     let (status, _) = http_get(admin, "/debug/authorize?src=nope").await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test]
+async fn layered_policies_judge_the_hbone_connection_before_any_request() {
+    let mesh = Mesh::start().await;
+    let mut config = mesh.service(Vec::new());
+    // A selector policy on the waypoint's pods (istiod's layered flag): web may not connect.
+    config.layered_policies = vec![policy(
+        "no-web-at-the-waypoint",
+        pb::Action::Deny,
+        vec![pb::Rule {
+            from: vec![pb::Source {
+                principals: strings(&["cluster.local/ns/shop/sa/web"]),
+                ..pb::Source::default()
+            }],
+            to: vec![pb::Operation {
+                // HTTP-only: on the connection it counts as matched, as on a TCP chain.
+                methods: strings(&["POST"]),
+                ..pb::Operation::default()
+            }],
+            ..pb::Rule::default()
+        }],
+    )];
+    mesh.waypoint.configure(config.clone());
+    let vip = SocketAddr::new(ip(mesh.net, 100), 80);
+    let (code, _) = socks5(mesh.a.addresses().socks5.unwrap(), ip(mesh.net, 2), vip).await;
+    assert_ne!(code, 0, "the waypoint refused web's CONNECT");
+    log_line(&["layered authorization: denied: DENY shop/no-web-at-the-waypoint rules[0] matched"])
+        .await;
+    config.layered_policies.clear();
+    mesh.waypoint.configure(config);
+    assert_eq!(mesh.get("/", &[]).await.0, 200);
+}

@@ -264,6 +264,7 @@ impl Mesh {
                 policies: Vec::new(),
             }],
             policies: Vec::new(),
+            layered_policies: Vec::new(),
         }
     }
 
