@@ -25,7 +25,7 @@ pub enum CaseError {
     },
 }
 
-fn invalid(file: &Path, message: impl Into<String>) -> CaseError {
+pub(crate) fn invalid(file: &Path, message: impl Into<String>) -> CaseError {
     CaseError::Invalid {
         file: file.display().to_string(),
         line: None,
@@ -266,14 +266,14 @@ pub fn suites() -> Vec<String> {
     names
 }
 
-fn read(path: &Path) -> Result<String, CaseError> {
+pub(crate) fn read(path: &Path) -> Result<String, CaseError> {
     std::fs::read_to_string(path).map_err(|source| CaseError::Read {
         file: path.display().to_string(),
         source,
     })
 }
 
-fn yaml_error(path: &Path, e: serde_yaml::Error) -> CaseError {
+pub(crate) fn yaml_error(path: &Path, e: serde_yaml::Error) -> CaseError {
     CaseError::Invalid {
         file: path.display().to_string(),
         line: e.location().map(|l| l.line()),
@@ -319,16 +319,24 @@ pub fn load_cases(dir: &Path) -> Result<Vec<Case>, CaseError> {
         .iter()
         .map(|f| load_case(f))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut seen = BTreeMap::new();
-    for case in &cases {
-        if let Some(other) = seen.insert(case.id.clone(), case.file.clone()) {
+    unique_ids(cases.iter().map(|c| (c.id.as_str(), c.file.as_path())))?;
+    Ok(cases)
+}
+
+/// Refuses a suite in which two cases share an id, naming both files.
+pub(crate) fn unique_ids<'a>(
+    cases: impl Iterator<Item = (&'a str, &'a Path)>,
+) -> Result<(), CaseError> {
+    let mut seen: BTreeMap<&str, &Path> = BTreeMap::new();
+    for (id, file) in cases {
+        if let Some(other) = seen.insert(id, file) {
             return Err(invalid(
-                &case.file,
-                format!("id {:?} is also used by {}", case.id, other.display()),
+                file,
+                format!("id {id:?} is also used by {}", other.display()),
             ));
         }
     }
-    Ok(cases)
+    Ok(())
 }
 
 impl Case {

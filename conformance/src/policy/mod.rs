@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
-use crate::case::CaseError;
+use crate::case::{CaseError, invalid, read, yaml_error};
 
 /// The policy-semantics sections a case may name.
 pub const SECTIONS: &[&str] = &[
@@ -33,14 +33,6 @@ pub const RBAC_DENIED: &str = "RBAC: access denied";
 
 /// Tries of each attempt in each phase; every one must agree with the expectation.
 pub const TRIES: usize = 3;
-
-fn invalid(file: &Path, message: impl Into<String>) -> CaseError {
-    CaseError::Invalid {
-        file: file.display().to_string(),
-        line: None,
-        message: message.into(),
-    }
-}
 
 /// The policy suite's `base.yaml`: the topology every case starts from.
 #[derive(Debug, Clone, Deserialize)]
@@ -439,21 +431,6 @@ fn is_qualified(name: &str) -> bool {
     matches!(name.split_once('/'), Some((ns, n)) if !ns.is_empty() && !n.is_empty() && !n.contains('/'))
 }
 
-fn read(path: &Path) -> Result<String, CaseError> {
-    std::fs::read_to_string(path).map_err(|source| CaseError::Read {
-        file: path.display().to_string(),
-        source,
-    })
-}
-
-fn yaml_error(path: &Path, e: serde_yaml::Error) -> CaseError {
-    CaseError::Invalid {
-        file: path.display().to_string(),
-        line: e.location().map(|l| l.line()),
-        message: e.to_string(),
-    }
-}
-
 /// Whether the suite in `dir` is a policy suite (its `base.yaml` says `format: policy`).
 pub fn is_policy_suite(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join("base.yaml"))
@@ -489,15 +466,7 @@ pub fn load_cases(dir: &Path) -> Result<Vec<PolicyCase>, CaseError> {
         .iter()
         .map(|f| load_case(f))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut seen = BTreeMap::new();
-    for case in &cases {
-        if let Some(other) = seen.insert(case.id.clone(), case.file.clone()) {
-            return Err(invalid(
-                &case.file,
-                format!("id {:?} is also used by {}", case.id, other.display()),
-            ));
-        }
-    }
+    crate::case::unique_ids(cases.iter().map(|c| (c.id.as_str(), c.file.as_path())))?;
     Ok(cases)
 }
 
