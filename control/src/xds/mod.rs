@@ -8,4 +8,4 @@ mod stream;
 
 pub use resources::{Published, PublishedResources, SharedResources, TYPE_URLS, resource};
 pub use server::{AdsService, XdsStats};
-pub use stream::{Received, XdsStream};
+pub use stream::{MAX_CLIENT_TEXT, Received, XdsStream, capped};

@@ -28,14 +28,18 @@ pub struct XdsStats {
     pub responses_sent: AtomicU64,
     pub acks: AtomicU64,
     pub nacks: AtomicU64,
-    /// `<node>: <type>: <message>` of the most recent NACKs (newest last, at most 32).
+    /// `<node>: <type>: <message>` of the most recent NACKs (newest last, at most 32), each
+    /// part cut to [`MAX_CLIENT_TEXT`](super::MAX_CLIENT_TEXT) bytes: at most ~100 KiB in all.
     pub recent_nacks: Mutex<Vec<String>>,
 }
 
 /// How many NACK messages are kept.
 const RECENT_NACKS: usize = 32;
 
-/// The ADS service for one port.
+/// The ADS service for one port. istiod serves it with tonic's default decoding limit of
+/// 4 MiB per message (as upstream's `ISTIO_GPRC_MAXRECVMSGSIZE` default): a larger request
+/// ends its stream with `OUT_OF_RANGE` before any of it is read, so one request never holds
+/// more than that; what a request leaves behind is capped in [`XdsStream`].
 #[derive(Clone)]
 pub struct AdsService {
     resources: watch::Receiver<SharedResources>,
@@ -77,7 +81,8 @@ fn record(stats: &XdsStats, node: &str, received: &Received) {
             message,
         } => {
             stats.nacks.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(node, type_url, nonce, message, "NACK");
+            // `error_detail`, not `message`: that name is the event's own text in `tracing`.
+            tracing::warn!(node, type_url, nonce, error_detail = message, "NACK");
             let mut recent = stats
                 .recent_nacks
                 .lock()

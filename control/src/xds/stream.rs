@@ -11,6 +11,12 @@
 //! The same machine serves waypoints their `WaypointConfig` (by name `<namespace>/<name>`, or
 //! wildcard). Only subscribed types are ever sent, so a ztunnel, which subscribes to the two
 //! upstream types alone, never sees it.
+//!
+//! What a client writes that ends up in logs or in istiod's memory (its node id, a NACK's
+//! `error_detail` message, an echoed nonce, an unknown type URL) is cut to
+//! [`MAX_CLIENT_TEXT`] bytes here, before it leaves the request: one request may be as large
+//! as the gRPC decoding limit (tonic's default, 4 MiB, which istiod keeps), and a client that
+//! NACKs with megabytes of detail must not grow the log or the kept NACKs by as much.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -20,6 +26,26 @@ use dataplane::xds::proto::envoy::service::discovery::v3::{
 };
 
 use super::resources::{Published, PublishedResources, TYPE_URLS};
+
+/// How many bytes of a client's text (node id, NACK message, nonce, type URL) are logged and
+/// kept. A NACK names the resources it rejects and why; a kilobyte says that, and a longer
+/// message is almost always a dump nobody reads in a log line.
+pub const MAX_CLIENT_TEXT: usize = 1024;
+
+/// `text` cut to at most `max` bytes at a char boundary, saying how many bytes were dropped.
+/// A cut copy is a fresh allocation, so the client's (possibly megabytes long) string is
+/// freed with the request instead of living on in a shorter `String` of the same capacity.
+pub fn capped(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let dropped = text.len() - cut;
+    format!("{}… [{dropped} more bytes dropped]", &text[..cut])
+}
 
 #[derive(Debug, Default)]
 struct Subscription {
@@ -47,7 +73,8 @@ impl Subscription {
     }
 }
 
-/// What the server learned from one request, for logs and counters.
+/// What the server learned from one request, for logs and counters. Client text in it is
+/// already [`capped`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Received {
     Subscribed {
@@ -186,21 +213,28 @@ impl XdsStream {
         if self.node.is_none()
             && let Some(node) = &request.node
         {
-            self.node = Some(node.id.clone());
+            self.node = Some(capped(node.id.clone(), MAX_CLIENT_TEXT));
         }
         let type_url = request.type_url.clone();
         if !TYPE_URLS.contains(&type_url.as_str()) {
-            return (None, Received::UnknownType { type_url });
+            return (
+                None,
+                Received::UnknownType {
+                    type_url: capped(type_url, MAX_CLIENT_TEXT),
+                },
+            );
         }
         if !request.response_nonce.is_empty() {
-            let nonce = request.response_nonce;
+            let nonce = capped(request.response_nonce, MAX_CLIENT_TEXT);
+            // Only the capped message outlives this call; the status (and its `details`)
+            // goes with the request.
             return match request.error_detail {
                 Some(status) => (
                     None,
                     Received::Nack {
                         type_url,
                         nonce,
-                        message: status.message,
+                        message: capped(status.message, MAX_CLIENT_TEXT),
                     },
                 ),
                 None => (None, Received::Ack { type_url, nonce }),

@@ -344,3 +344,179 @@ fn a_subscribed_name_that_appears_later_is_sent_then() {
     assert_eq!(updates[0].removed_resources, ["shop/waypoint"]);
     assert!(waypoint.on_publish(publish(false, 5)).is_empty());
 }
+
+/// A NACK `error_detail` of `len` bytes: one ASCII byte, then two-byte characters, so a cut at
+/// an even byte count falls inside a character.
+fn huge_detail(len: usize) -> String {
+    let mut detail = String::with_capacity(len);
+    detail.push('x');
+    while detail.len() + 2 <= len {
+        detail.push('é');
+    }
+    detail
+}
+
+fn nack(type_url: &str, nonce: &str, detail: String) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        error_detail: Some(Status {
+            code: 3,
+            message: detail,
+            details: Vec::new(),
+        }),
+        ..ack(type_url, nonce)
+    }
+}
+
+#[test]
+fn a_nack_keeps_only_the_capped_detail() {
+    use control::xds::MAX_CLIENT_TEXT;
+
+    let mut stream = XdsStream::new(published("", 1));
+    let (response, _) = stream.on_request(subscribe(AUTHORIZATION_TYPE_URL));
+    let nonce = response.unwrap().nonce;
+    let detail = huge_detail(3 << 20);
+    let total = detail.len();
+    let (_, received) = stream.on_request(nack(AUTHORIZATION_TYPE_URL, &nonce, detail));
+    let Received::Nack { message, .. } = received else {
+        panic!("a NACK: {received:?}")
+    };
+    // 'x' and 511 'é' fill 1023 bytes; byte 1024 is inside the next 'é'.
+    let kept = 1 + 511 * 2;
+    assert!(
+        message.starts_with(&format!("x{}…", "é".repeat(511))),
+        "cut at the char boundary below {MAX_CLIENT_TEXT}: {:?}",
+        message.chars().take(64).collect::<String>()
+    );
+    assert!(
+        message.ends_with(&format!("[{} more bytes dropped]", total - kept)),
+        "{message:?}"
+    );
+    assert!(message.len() < MAX_CLIENT_TEXT + 64, "{}", message.len());
+    assert!(
+        message.capacity() < 2 * MAX_CLIENT_TEXT,
+        "a fresh, small string"
+    );
+
+    // The node id a client sends is capped too: it is in every log line about the stream.
+    let mut stream = XdsStream::new(published("", 1));
+    let mut request = subscribe(AUTHORIZATION_TYPE_URL);
+    request.node.as_mut().unwrap().id = "n".repeat(1 << 20);
+    stream.on_request(request);
+    assert!(stream.node().unwrap().len() < MAX_CLIENT_TEXT + 64);
+}
+
+/// istiod's xDS warnings, from every test of this binary (a process-wide subscriber: a
+/// thread-local one misses events whose callsite another thread registered first).
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the capture of `control::xds` warnings (once per test binary).
+fn capture_xds_warnings() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("control::xds=warn"))
+            .with_ansi(false)
+            .with_writer(|| LogWriter)
+            .try_init();
+    });
+}
+
+/// Captured lines containing `needle`.
+fn logged(needle: &str) -> Vec<String> {
+    String::from_utf8_lossy(&LOGS.lock().unwrap())
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_3_mb_nack_over_a_real_stream_is_logged_and_kept_capped() {
+    use control::xds::MAX_CLIENT_TEXT;
+    use dataplane::xds::proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    capture_xds_warnings();
+    let net = subnet();
+    let istiod = start_istiod(net, &new_ca()).await;
+    // The plaintext port: no token needed.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}:15010", ip(net, 1)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let mut first = subscribe(AUTHORIZATION_TYPE_URL);
+    first.node.as_mut().unwrap().id = "huge-nack-client".into();
+    tx.send(first).await.unwrap();
+    let requests = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+        .delta_aggregated_resources(requests)
+        .await
+        .unwrap()
+        .into_inner();
+    let nonce = responses.message().await.unwrap().unwrap().nonce;
+
+    let detail = huge_detail(3 << 20);
+    let total = detail.len();
+    tx.send(nack(AUTHORIZATION_TYPE_URL, &nonce, detail))
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || istiod
+            .stats()
+            .nacks
+            .load(Ordering::Relaxed)
+            == 1)
+        .await,
+        "the NACK never arrived"
+    );
+    let dropped = format!("[{} more bytes dropped]", total - 1023);
+    let kept = istiod.stats().recent_nacks.lock().unwrap().clone();
+    assert_eq!(kept.len(), 1);
+    assert!(
+        kept[0].len() < 2 * MAX_CLIENT_TEXT,
+        "{} bytes kept",
+        kept[0].len()
+    );
+    assert!(
+        kept[0].ends_with(&dropped),
+        "{}",
+        kept[0].chars().take(200).collect::<String>()
+    );
+
+    let lines = logged("node=\"huge-nack-client\"");
+    let [line] = lines.as_slice() else {
+        panic!("one NACK log line: {} of them", lines.len())
+    };
+    assert!(
+        line.len() < 2 * MAX_CLIENT_TEXT,
+        "a {} byte log line",
+        line.len()
+    );
+    assert!(line.contains(&dropped), "{line}");
+    assert!(line.contains("error_detail="), "{line}");
+    // The stream survives: the client may still ACK.
+    tx.send(ack(AUTHORIZATION_TYPE_URL, &nonce)).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || istiod
+            .stats()
+            .acks
+            .load(Ordering::Relaxed)
+            == 1)
+        .await
+    );
+}
