@@ -7,15 +7,23 @@
 //! - **push**: istiod and 100 or 1,000 simulated ztunnels in turmoil (each a host running only
 //!   the production xDS client over TLS, in a 100-workload cluster); one AuthorizationPolicy is
 //!   applied to istiod's store and the simulated time until every ztunnel holds it is measured
-//!   (istiod's 100 ms debounce included), with the wall time the push took to simulate.
+//!   (istiod's 100 ms debounce included), with the wall time the push took to simulate;
+//! - **load**: what reading a large manifest costs, as `istiod --check` and istiod's startup do
+//!   it (one YAML file of 100,000 Pods through `sources::validate`): the wall time, and the
+//!   bytes per pod retained by the store and at the peak of loading (the file's text
+//!   included), so a waste that grows with the input shows as bytes per pod.
 //!
-//! `BENCH_QUICK=1` (and `cargo test --benches`) keeps to 1,000 workloads and 100 ztunnels.
+//! `BENCH_QUICK=1` keeps to 1,000 workloads, 100 ztunnels and 20,000 pods loaded;
+//! `cargo test --benches` to 2,000 pods loaded (an unoptimised build); `BENCH_LOAD_PODS=a,b`
+//! loads those numbers of pods instead.
 //! Results are printed as a table and written to `target/bench-control-plane.json`.
 
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use benches::CountingAlloc;
 use control::ca::{CertificateAuthority, TokenSigner};
 use control::istiod::{self, ISTIOD_HOSTNAME, IstiodConfig, SharedStore};
 use control::snapshot::MeshConfig;
@@ -29,6 +37,78 @@ use dataplane::state::StateHandle;
 use dataplane::ztunnel::{AuthToken, Config, ControlPlaneClient, XdsMetrics, run_xds_client};
 
 const TOKEN_SECRET: [u8; 32] = [9; 32];
+
+/// The benches crate's counting allocator (bytes allocated), plus the bytes live and their
+/// peak while [`Live::start`] is on: what loading keeps, and what it needs on the way.
+struct Live;
+
+#[global_allocator]
+static ALLOC: Live = Live;
+
+static LIVE_ON: AtomicBool = AtomicBool::new(false);
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+static PEAK_BYTES: AtomicI64 = AtomicI64::new(0);
+
+impl Live {
+    #[inline]
+    fn grow(by: i64) {
+        if LIVE_ON.load(Ordering::Relaxed) {
+            let now = LIVE_BYTES.fetch_add(by, Ordering::Relaxed) + by;
+            PEAK_BYTES.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    fn start() {
+        LIVE_BYTES.store(0, Ordering::Relaxed);
+        PEAK_BYTES.store(0, Ordering::Relaxed);
+        LIVE_ON.store(true, Ordering::SeqCst);
+        CountingAlloc::start();
+    }
+
+    /// (live, peak, allocated) bytes since [`Live::start`]. Frees of memory allocated before
+    /// it count against `live`, so the measured code must not drop older allocations.
+    fn stop() -> (i64, i64, u64) {
+        let allocated = CountingAlloc::stop().1;
+        LIVE_ON.store(false, Ordering::SeqCst);
+        (
+            LIVE_BYTES.load(Ordering::Relaxed),
+            PEAK_BYTES.load(Ordering::Relaxed),
+            allocated,
+        )
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to `CountingAlloc` (itself `System`).
+unsafe impl GlobalAlloc for Live {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { CountingAlloc.alloc(layout) };
+        if !p.is_null() {
+            Self::grow(layout.size() as i64);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { CountingAlloc.alloc_zeroed(layout) };
+        if !p.is_null() {
+            Self::grow(layout.size() as i64);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { CountingAlloc.dealloc(ptr, layout) };
+        Self::grow(-(layout.size() as i64));
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { CountingAlloc.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            Self::grow(new_size as i64 - layout.size() as i64);
+        }
+        p
+    }
+}
 
 /// Manifests for `workloads` pods: 50 nodes, `workloads / 100` Deployments of 100 replicas in
 /// ten ambient namespaces, a Service per Deployment, a policy per namespace.
@@ -180,6 +260,78 @@ fn push_compute(workloads: usize, streams: usize) -> Duration {
     took
 }
 
+/// `pods` Pods (about 250 bytes of YAML each, as a real pod manifest without its status) on 50
+/// nodes in ten ambient namespaces.
+fn pod_manifests(pods: usize) -> String {
+    let mut y = String::with_capacity(pods * 260 + 8_192);
+    for n in 0..50 {
+        y.push_str(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: node-{n:02}}}\nspec: {{podCIDR: 10.{}.{}.0/20}}\n---\n",
+            100 + n / 16,
+            (n % 16) * 16
+        ));
+    }
+    for ns in 0..10 {
+        y.push_str(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{ns}, labels: {{istio.io/dataplane-mode: ambient}}}}\n---\n"
+        ));
+    }
+    for p in 0..pods {
+        let (ns, app, node) = (p % 10, p % 1_000, p % 50);
+        y.push_str(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: app{app}-{p:06}\n  namespace: ns{ns}\n  \
+             labels: {{app: app{app}, version: v1}}\nspec:\n  nodeName: node-{node:02}\n  \
+             serviceAccountName: app{app}\n  containers:\n  - name: main\n    \
+             image: registry.example/app{app}:1.0\n    ports:\n    - containerPort: 8080\n---\n"
+        ));
+    }
+    y
+}
+
+struct LoadCost {
+    pods: usize,
+    yaml_bytes: usize,
+    wall: Duration,
+    /// Of `wall`, reading and parsing (the rest is applying to the store, scheduler included).
+    parse: Duration,
+    /// Bytes still held once loaded (the store), its peak during loading, and all bytes
+    /// allocated on the way.
+    retained: i64,
+    peak: i64,
+    allocated: u64,
+}
+
+/// One file of `pods` Pods loaded as `istiod --check` (`sources::validate`) loads it.
+fn load_cost(pods: usize) -> LoadCost {
+    let yaml = pod_manifests(pods);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-load");
+    let file = dir.join(format!("pods-{pods}.yaml"));
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    std::fs::write(&file, &yaml).expect("manifest written");
+    let paths = [file.clone()];
+    let start = Instant::now();
+    Live::start();
+    // `sources::validate`, in its two steps: read and parse, then apply to a fresh store.
+    let loaded = control::sources::load_paths(&paths).expect("pods parse");
+    let parse = start.elapsed();
+    let mut store = Store::new(StoreConfig::default());
+    apply_loaded(&mut store, loaded).expect("pods apply");
+    let (retained, peak, allocated) = Live::stop();
+    let wall = start.elapsed();
+    assert_eq!(store.len(), pods + 60, "every object loaded");
+    drop(store);
+    let _ = std::fs::remove_file(&file);
+    LoadCost {
+        pods,
+        yaml_bytes: yaml.len(),
+        wall,
+        parse,
+        retained,
+        peak,
+        allocated,
+    }
+}
+
 struct PushCost {
     ztunnels: usize,
     converged: Duration,
@@ -327,6 +479,24 @@ fn main() {
             c
         })
         .collect();
+    // `BENCH_LOAD_PODS=50000,229000` measures loading at those sizes instead.
+    let load_sizes: Vec<usize> = match std::env::var("BENCH_LOAD_PODS") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect(),
+        Err(_) if testing => vec![2_000],
+        Err(_) if quick => vec![20_000],
+        Err(_) => vec![20_000, 100_000],
+    };
+    let loads: Vec<LoadCost> = load_sizes
+        .iter()
+        .map(|&pods| {
+            let l = load_cost(pods);
+            eprintln!("measured loading {pods} pods");
+            l
+        })
+        .collect();
     let compute: Vec<(usize, Duration)> =
         sizes.iter().map(|&w| (w, push_compute(w, 1_000))).collect();
     let fleets = if only_store { &[][..] } else { fleets };
@@ -378,6 +548,29 @@ fn main() {
             p.wall.as_secs_f64() * 1e3
         );
     }
+    println!(
+        "{:<34}{:>10}{:>12}{:>12}{:>14}{:>12}{:>14}",
+        "load (istiod --check)",
+        "YAML",
+        "wall",
+        "of it parse",
+        "retained/pod",
+        "peak/pod",
+        "allocated/pod"
+    );
+    let per_pod = |bytes: f64, l: &LoadCost| bytes / l.pods as f64;
+    for l in &loads {
+        println!(
+            "{:<34}{:>7.1} MB{:>9.0} ms{:>9.0} ms{:>12.0} B{:>10.0} B{:>12.0} B",
+            format!("{} pods, one file", l.pods),
+            l.yaml_bytes as f64 / 1e6,
+            ms(l.wall),
+            ms(l.parse),
+            per_pod(l.retained as f64, l),
+            per_pod(l.peak as f64, l),
+            per_pod(l.allocated as f64, l)
+        );
+    }
     let json = serde_json::json!({
         "quick": quick,
         "store": costs.iter().map(|c| serde_json::json!({
@@ -391,6 +584,15 @@ fn main() {
         "push_compute_1000_ztunnels": compute.iter().map(|(w, d)| serde_json::json!({
             "workloads": w,
             "wall_ms": d.as_secs_f64() * 1e3,
+        })).collect::<Vec<_>>(),
+        "load": loads.iter().map(|l| serde_json::json!({
+            "pods": l.pods,
+            "yaml_bytes": l.yaml_bytes,
+            "wall_ms": l.wall.as_secs_f64() * 1e3,
+            "parse_ms": l.parse.as_secs_f64() * 1e3,
+            "retained_bytes_per_pod": per_pod(l.retained as f64, l),
+            "peak_bytes_per_pod": per_pod(l.peak as f64, l),
+            "allocated_bytes_per_pod": per_pod(l.allocated as f64, l),
         })).collect::<Vec<_>>(),
         "push": pushes.iter().map(|p| serde_json::json!({
             "ztunnels": p.ztunnels,

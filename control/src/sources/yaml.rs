@@ -4,6 +4,7 @@
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
+use super::limits::{MAX_DEPTH, MAX_FILE_BYTES, too_deep, too_large};
 use super::{Kind, Loaded, Object, Origin, SourceError};
 
 /// One `---`-separated document: where it starts (1-based line) and its text.
@@ -223,15 +224,39 @@ fn parse_object(value: &Value, text: &str, origin: &Origin) -> Result<Object, So
     Ok(object)
 }
 
-/// Parses a YAML stream named `file` (a path, or `<stdin>`).
+/// Parses a YAML stream named `file` (a path, or `<stdin>`). The stream's size and each
+/// document's nesting are checked on the text first, so the parser never sees input that
+/// would cost it more than linear time.
 pub(super) fn parse_str(text: &str, file: &str) -> Result<Vec<Loaded>, SourceError> {
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(SourceError {
+            file: file.to_string(),
+            document: None,
+            line: None,
+            object: None,
+            message: too_large(text.len() as u64),
+        });
+    }
     let mut loaded = Vec::new();
     for (index, chunk) in split_documents(text).into_iter().enumerate() {
         let origin = Origin {
             file: file.to_string(),
             document: index + 1,
             line: chunk.line,
+            item: None,
         };
+        if let Some(deep) = too_deep(chunk.text, MAX_DEPTH) {
+            return Err(SourceError {
+                file: file.to_string(),
+                document: Some(origin.document),
+                line: Some(chunk.line + deep.line - 1),
+                object: None,
+                message: format!(
+                    "nested more than {MAX_DEPTH} levels deep (collections in collections); \
+                     refused before parsing"
+                ),
+            });
+        }
         let value: Value = serde_yaml::from_str(chunk.text).map_err(|e| {
             let (message, line) = describe(&e, chunk.line - 1);
             SourceError {
@@ -289,7 +314,10 @@ pub(super) fn parse_str(text: &str, file: &str) -> Result<Vec<Loaded>, SourceErr
             })?;
             loaded.push(Loaded {
                 object,
-                origin: origin.clone(),
+                origin: Origin {
+                    item: u32::try_from(item_index).ok(),
+                    ..origin.clone()
+                },
             });
         }
     }

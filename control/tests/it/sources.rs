@@ -463,3 +463,291 @@ fn validate_reports_unreadable_path() {
         "{e}"
     );
 }
+
+/// A fresh, empty directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("control-sources-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn validate_error(paths: &[PathBuf]) -> String {
+    match sources::validate(paths, StoreConfig::default()) {
+        Ok(store) => panic!("accepted: {} objects", store.len()),
+        Err(e) => e.to_string(),
+    }
+}
+
+const NAMESPACE_A: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n";
+
+#[test]
+fn an_oversized_file_is_refused_by_name_before_it_is_read() {
+    let dir = scratch("oversized");
+    let file = dir.join("big.yaml");
+    // Sparse: the size is what is checked, before a byte is read.
+    let handle = std::fs::File::create(&file).unwrap();
+    handle.set_len(sources::MAX_FILE_BYTES + 1).unwrap();
+    let e = validate_error(std::slice::from_ref(&file));
+    assert!(e.starts_with(&file.display().to_string()), "{e}");
+    assert!(e.contains("over the limit of 64 MiB for one file"), "{e}");
+    // Exactly at the limit is allowed as far as size goes (it is not YAML, though).
+    handle.set_len(sources::MAX_FILE_BYTES).unwrap();
+    assert!(!validate_error(std::slice::from_ref(&file)).contains("over the limit"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn deep_nesting_is_refused_before_parsing_and_fast() {
+    let dir = scratch("deep");
+    // 100,000 nested flow sequences: libyaml alone took 22-41 s to give up on these.
+    let deep = dir.join("deep.yaml");
+    std::fs::write(
+        &deep,
+        format!(
+            "{NAMESPACE_A}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: b}}\n\
+             spec: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        ),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let e = validate_error(std::slice::from_ref(&deep));
+    let took = start.elapsed();
+    assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+    assert!(
+        e.starts_with(&format!("{}:8 (document 2)", deep.display())),
+        "{e}"
+    );
+    assert!(e.contains("nested more than 64 levels deep"), "{e}");
+
+    // Indentation nests too: 70 levels of block mappings, refused at the line that goes
+    // past 64.
+    let block: String = (0..70)
+        .map(|i| format!("{}k{i}:\n", "  ".repeat(i)))
+        .collect();
+    let e = error(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: c\n  annotations:\n{}",
+        block
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    ));
+    assert!(e.starts_with("test.yaml:68 (document 1)"), "{e}");
+
+    // Depth 64 itself is let through to the parser (which finds the annotation is not a
+    // string), and brackets in strings are not nesting.
+    let e = error(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: d\n  annotations:\n    \
+         x: \"{}\"\n    y: {}x{}\n",
+        "[".repeat(1_000),
+        "[".repeat(61),
+        "]".repeat(61)
+    ));
+    assert!(
+        e.contains("metadata.annotations.y: invalid type: sequence"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn istiod_check_refuses_deep_nesting_in_well_under_a_second() {
+    let dir = scratch("deep-check");
+    let deep = dir.join("deep.yaml");
+    std::fs::write(
+        &deep,
+        format!(
+            "{NAMESPACE_A}spec: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        ),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_istiod"))
+        .arg("--check")
+        .arg("--config-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("deep.yaml:4 (document 1)"), "{stderr}");
+    assert!(
+        stderr.contains("nested more than 64 levels deep"),
+        "{stderr}"
+    );
+    assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `validate` on another thread: a FIFO that is opened blocks forever, and the test
+/// should fail, not hang.
+fn validate_within(paths: Vec<PathBuf>, limit: std::time::Duration) -> Result<usize, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(
+            sources::validate(&paths, StoreConfig::default())
+                .map(|s| s.len())
+                .map_err(|e| e.to_string()),
+        );
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("validate blocked for {limit:?}"))
+}
+
+#[test]
+fn a_fifo_is_skipped_in_a_directory_and_refused_when_named() {
+    let dir = scratch("fifo");
+    std::fs::write(dir.join("a.yaml"), NAMESPACE_A).unwrap();
+    let fifo = dir.join("b.yaml");
+    match std::process::Command::new("mkfifo").arg(&fifo).status() {
+        Ok(status) if status.success() => {}
+        other => {
+            eprintln!(
+                "SKIPPED a_fifo_is_skipped_in_a_directory_and_refused_when_named: mkfifo unavailable ({other:?})"
+            );
+            return;
+        }
+    }
+    let limit = std::time::Duration::from_secs(10);
+    assert_eq!(validate_within(vec![dir.clone()], limit), Ok(1));
+    let e = validate_within(vec![fifo.clone()], limit).unwrap_err();
+    assert!(
+        e.starts_with(&format!("{}: a FIFO: only regular files", fifo.display())),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_symlink_loop_is_refused() {
+    use std::os::unix::fs::symlink;
+
+    let dir = scratch("loop");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/a.yaml"), NAMESPACE_A).unwrap();
+    // sub/back -> .. : walking it would find sub/back/sub/back/... until the path is too long.
+    symlink("..", dir.join("sub/back")).unwrap();
+    let e = validate_error(std::slice::from_ref(&dir));
+    assert!(
+        e.starts_with(&format!(
+            "{}: symlink loop: it is ",
+            dir.join("sub/back").display()
+        )),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // A link to itself.
+    let dir = scratch("self-loop");
+    std::fs::write(dir.join("a.yaml"), NAMESPACE_A).unwrap();
+    symlink("self.yaml", dir.join("self.yaml")).unwrap();
+    let e = validate_error(std::slice::from_ref(&dir));
+    assert!(
+        e.starts_with(&format!(
+            "{}: symlink loop: the link leads back to itself",
+            dir.join("self.yaml").display()
+        )),
+        "{e}"
+    );
+    let e = validate_error(&[dir.join("self.yaml")]);
+    assert!(e.contains("symlink loop"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_file_reached_twice_is_read_once() {
+    use std::os::unix::fs::symlink;
+
+    // As a ConfigMap volume has it: the file, and a link to it.
+    let dir = scratch("twice");
+    std::fs::create_dir_all(dir.join("..data")).unwrap();
+    std::fs::write(dir.join("..data/a.yaml"), NAMESPACE_A).unwrap();
+    symlink("..data/a.yaml", dir.join("a.yaml")).unwrap();
+    let store = sources::validate(&[dir.clone(), dir.join("a.yaml")], StoreConfig::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(store.len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn duplicates_in_one_file_are_refused_naming_both_places() {
+    let dir = scratch("duplicates-one");
+    let file = dir.join("all.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{NAMESPACE_A}---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: s, namespace: a}}\n\
+             ---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: s, namespace: a}}\n"
+        ),
+    )
+    .unwrap();
+    let e = validate_error(std::slice::from_ref(&file));
+    let f = file.display();
+    assert_eq!(
+        e,
+        format!(
+            "{f}:8 (document 3): ServiceAccount a/s: declared twice: first at {f}:4 (document 2)"
+        )
+    );
+
+    // In a List, by item.
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n\
+         - {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n",
+    )
+    .unwrap();
+    let e = validate_error(std::slice::from_ref(&file));
+    assert_eq!(
+        e,
+        format!(
+            "{f}:1 (document 1): Namespace a: items[1]: declared twice: first at {f}:1 (document 1, items[0])"
+        )
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn duplicates_across_files_are_refused_naming_both_files() {
+    let dir = scratch("duplicates-two");
+    std::fs::write(dir.join("1-first.yaml"), NAMESPACE_A).unwrap();
+    // The same object, default namespace spelled out in one and implied in the other.
+    std::fs::write(
+        dir.join("1-first.yaml"),
+        format!("{NAMESPACE_A}---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: s}}\n"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("2-more")).unwrap();
+    std::fs::write(
+        dir.join("2-more/second.yaml"),
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: s, namespace: default}\n",
+    )
+    .unwrap();
+    let e = validate_error(std::slice::from_ref(&dir));
+    assert_eq!(
+        e,
+        format!(
+            "{}:1 (document 1): ServiceAccount default/s: declared twice: first at {}:4 (document 2)",
+            dir.join("2-more/second.yaml").display(),
+            dir.join("1-first.yaml").display()
+        )
+    );
+    // Same name, other kind or namespace: not a duplicate.
+    std::fs::write(
+        dir.join("2-more/second.yaml"),
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: s, namespace: a}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        sources::validate(std::slice::from_ref(&dir), StoreConfig::default())
+            .unwrap()
+            .len(),
+        3
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
