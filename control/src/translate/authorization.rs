@@ -48,21 +48,8 @@ pub enum Translated {
     NotForZtunnel(String),
 }
 
-/// `*` → present, `*x` → suffix, `x*` → prefix, anything else exact.
-fn string_match(value: &str) -> StringMatch {
-    if value == "*" {
-        StringMatch::Presence
-    } else if let Some(suffix) = value.strip_prefix('*') {
-        StringMatch::Suffix(suffix.to_string())
-    } else if let Some(prefix) = value.strip_suffix('*') {
-        StringMatch::Prefix(prefix.to_string())
-    } else {
-        StringMatch::Exact(value.to_string())
-    }
-}
-
 fn strings(values: &[String]) -> Vec<StringMatch> {
-    values.iter().map(|v| string_match(v)).collect()
+    values.iter().map(|v| StringMatch::written(v)).collect()
 }
 
 /// Unparseable entries are dropped, as istiod does (validation normally rejects them).

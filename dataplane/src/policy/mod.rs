@@ -40,6 +40,20 @@ pub enum StringMatch {
 }
 
 impl StringMatch {
+    /// A value as a policy writes it: `*` → present, `*x` → suffix, `x*` → prefix,
+    /// anything else exact (istiod's conversion for ztunnel; Envoy's at the waypoint).
+    pub fn written(value: &str) -> StringMatch {
+        if value == "*" {
+            StringMatch::Presence
+        } else if let Some(suffix) = value.strip_prefix('*') {
+            StringMatch::Suffix(suffix.to_string())
+        } else if let Some(prefix) = value.strip_suffix('*') {
+            StringMatch::Prefix(prefix.to_string())
+        } else {
+            StringMatch::Exact(value.to_string())
+        }
+    }
+
     pub fn matches(&self, value: &str) -> bool {
         match self {
             StringMatch::Exact(s) => value == s,

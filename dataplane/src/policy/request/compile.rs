@@ -6,19 +6,6 @@ use super::{Attribute, Key, RequestAction, RequestPolicy, RequestRule, Value};
 use crate::policy::StringMatch;
 use crate::xds::proto::ambient::waypoint as pb;
 
-/// `*` → present, `*x` → suffix, `x*` → prefix, anything else exact.
-fn string_match(value: &str) -> StringMatch {
-    if value == "*" {
-        StringMatch::Presence
-    } else if let Some(suffix) = value.strip_prefix('*') {
-        StringMatch::Suffix(suffix.to_string())
-    } else if let Some(prefix) = value.strip_suffix('*') {
-        StringMatch::Prefix(prefix.to_string())
-    } else {
-        StringMatch::Exact(value.to_string())
-    }
-}
-
 /// Collects the attributes of one source, operation or condition; the first value that
 /// cannot be compiled is kept as the policy's reason to be unevaluable.
 struct Builder<'a> {
@@ -57,11 +44,11 @@ impl Builder<'_> {
 }
 
 fn string(v: &str) -> Result<Value, String> {
-    Ok(Value::String(string_match(v)))
+    Ok(Value::String(StringMatch::written(v)))
 }
 
 fn host(v: &str) -> Result<Value, String> {
-    Ok(Value::Host(string_match(&v.to_ascii_lowercase())))
+    Ok(Value::Host(StringMatch::written(&v.to_ascii_lowercase())))
 }
 
 fn cidr(v: &str) -> Result<Value, String> {

@@ -26,16 +26,7 @@ pub enum Segment {
 impl PathPattern {
     pub(super) fn parse(value: &str) -> Result<PathPattern, String> {
         if !value.contains('{') {
-            let m = if value == "*" {
-                StringMatch::Presence
-            } else if let Some(s) = value.strip_prefix('*') {
-                StringMatch::Suffix(s.to_string())
-            } else if let Some(p) = value.strip_suffix('*') {
-                StringMatch::Prefix(p.to_string())
-            } else {
-                StringMatch::Exact(value.to_string())
-            };
-            return Ok(PathPattern::Plain(m));
+            return Ok(PathPattern::Plain(StringMatch::written(value)));
         }
         let Some(rest) = value.strip_prefix('/') else {
             return Err(format!("path template {value:?} must start with /"));
