@@ -84,14 +84,37 @@ impl Report {
         self.output.events.len() as f64 / self.wall.as_secs_f64().max(1e-6)
     }
 
-    /// The result line: `PASS|CAUGHT|FAIL <name> seed=… sim=…s wall=…s speed=…x events=…
-    /// (…/s) requests=… trace=<16 hex>`, and the reason on failure.
-    pub fn line(&self) -> String {
-        let verdict = match (self.passed(), &self.must_fail) {
+    /// `PASS`, `CAUGHT` (a must-fail scenario caught by its invariant) or `FAIL`.
+    pub(crate) fn verdict(&self) -> &'static str {
+        match (self.passed(), &self.must_fail) {
             (true, None) => "PASS",
             (true, Some(_)) => "CAUGHT",
             (false, _) => "FAIL",
-        };
+        }
+    }
+
+    /// What went wrong, as the result line ends: ` [invariant] at …ms: event`, ` error: …`.
+    pub(crate) fn problems(&self) -> String {
+        let out = &self.output;
+        let mut text = String::new();
+        if let Some(v) = &out.violation {
+            text.push_str(&format!(
+                " [{}] at {}ms: {}",
+                v.invariant,
+                v.at.as_millis(),
+                v.event
+            ));
+        }
+        if let Some(f) = &out.failure {
+            text.push_str(&format!(" error: {f}"));
+        }
+        text
+    }
+
+    /// The result line: `PASS|CAUGHT|FAIL <name> seed=… sim=…s wall=…s speed=…x events=…
+    /// (…/s) requests=… trace=<16 hex>`, and the reason on failure.
+    pub fn line(&self) -> String {
+        let verdict = self.verdict();
         let out = &self.output;
         let mut line = format!(
             "{verdict} {} seed={} sim_time={:.1}s wall={:.2}s speed={:.0}x events={} ({:.0}/s) requests={} trace={:016x}",
@@ -105,17 +128,7 @@ impl Report {
             out.requests.len(),
             self.trace_hash
         );
-        if let Some(v) = &out.violation {
-            line.push_str(&format!(
-                " [{}] at {}ms: {}",
-                v.invariant,
-                v.at.as_millis(),
-                v.event
-            ));
-        }
-        if let Some(f) = &out.failure {
-            line.push_str(&format!(" error: {f}"));
-        }
+        line.push_str(&self.problems());
         if !self.passed()
             && let Some(expected) = &self.must_fail
             && out.violation.is_none()

@@ -137,6 +137,18 @@ fn response(r: &HttpResponse) -> Response {
     }
 }
 
+/// Which pods received each request, by (traffic, request number).
+fn received_by(output: &sim::RunOutput) -> BTreeMap<(usize, u64), Vec<String>> {
+    let mut received: BTreeMap<(usize, u64), Vec<String>> = BTreeMap::new();
+    for d in &output.deliveries {
+        received
+            .entry((d.traffic, d.request))
+            .or_default()
+            .push(d.pod.clone());
+    }
+    received
+}
+
 impl Target for SimTarget {
     fn name(&self) -> &'static str {
         "sim"
@@ -153,13 +165,7 @@ impl Target for SimTarget {
             .map_err(|e| TargetError::Setup(e.message))?;
         let report = sim::run_scenario(&scenario, self.seed);
         let output = &report.output;
-        let mut received: BTreeMap<(usize, u64), Vec<String>> = BTreeMap::new();
-        for d in &output.deliveries {
-            received
-                .entry((d.traffic, d.request))
-                .or_default()
-                .push(d.pod.clone());
-        }
+        let mut received = received_by(output);
         let mut tries: Vec<Vec<(u64, Observation)>> = vec![Vec::new(); case.requests.len()];
         for record in &output.requests {
             let Some(list) = tries.get_mut(record.traffic) else {
@@ -450,13 +456,7 @@ fn policy_tries(
             ))
         })
         .collect();
-    let mut received: BTreeMap<(usize, u64), Vec<String>> = BTreeMap::new();
-    for d in &output.deliveries {
-        received
-            .entry((d.traffic, d.request))
-            .or_default()
-            .push(d.pod.clone());
-    }
+    let mut received = received_by(output);
     let mut records: Vec<Vec<&sim::RequestRecord>> = vec![Vec::new(); case.attempts.len()];
     for record in &output.requests {
         if let Some(list) = records.get_mut(record.traffic) {

@@ -125,6 +125,39 @@ fn explain_names_the_hop_policy_rule_and_attribute() {
         String::from_utf8_lossy(&unknown.stderr).trim(),
         "istiod: --from shop/nobody: no such pod in the configuration"
     );
+    for (args, said) in [
+        (
+            &["--from", "web-0", "--to", "echo.shop:80"][..],
+            "--from \"web-0\": expected namespace/pod",
+        ),
+        (
+            &["--from", "shop/web-0", "--to", "echo.shop"][..],
+            "--to \"echo.shop\": expected host:port",
+        ),
+        (
+            &["--from", "shop/web-0", "--to", "nothing.here:80"][..],
+            "--to nothing.here:80: no Service or pod has that name or address",
+        ),
+        (
+            &[
+                "--from",
+                "shop/web-0",
+                "--to",
+                "echo.shop:80",
+                "--header",
+                "no-colon",
+            ][..],
+            "--header \"no-colon\": expected NAME:VALUE",
+        ),
+    ] {
+        let mut all = vec!["explain", "--config-dir", d];
+        all.extend_from_slice(args);
+        let out = istiod(&all);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

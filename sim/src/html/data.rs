@@ -252,11 +252,7 @@ fn ms(d: std::time::Duration) -> u64 {
 
 /// The result line without wall-clock figures (which differ from run to run).
 pub(crate) fn summary(report: &Report) -> (&'static str, String) {
-    let verdict = match (report.passed(), &report.must_fail) {
-        (true, None) => "PASS",
-        (true, Some(_)) => "CAUGHT",
-        (false, _) => "FAIL",
-    };
+    let verdict = report.verdict();
     let out = &report.output;
     let mut line = format!(
         "{verdict} {} seed={} sim_time={:.1}s events={} requests={} trace={:016x}",
@@ -267,17 +263,7 @@ pub(crate) fn summary(report: &Report) -> (&'static str, String) {
         out.requests.len(),
         report.trace_hash
     );
-    if let Some(v) = &out.violation {
-        line.push_str(&format!(
-            " [{}] at {}ms: {}",
-            v.invariant,
-            v.at.as_millis(),
-            v.event
-        ));
-    }
-    if let Some(f) = &out.failure {
-        line.push_str(&format!(" error: {f}"));
-    }
+    line.push_str(&report.problems());
     (verdict, line)
 }
 
