@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use dataplane::IdleLimit;
 use dataplane::seams::{BoxStream, Listener};
+use dataplane::{Admitted, IdleLimit, ListenerCap, REFUSAL_LOG_INTERVAL};
 
 type Closed = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -28,6 +28,8 @@ pub struct GrpcConnection {
     stream: BoxStream,
     peer: SocketAddr,
     closed: Closed,
+    /// Its place under the listener's cap, given back when the connection ends.
+    _admitted: Admitted,
 }
 
 impl GrpcConnection {
@@ -107,10 +109,12 @@ impl Stream for GrpcIncoming {
 }
 
 /// Accepts from `listener`, with TLS when `tls` is given; `name` labels the logs. Every
-/// connection fails once `stop` turns true.
+/// connection fails once `stop` turns true. A connection `cap` has no room for is closed at
+/// once, so that one port's flood cannot take the descriptors the other port needs.
 pub fn incoming(
     listener: Box<dyn Listener>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    cap: ListenerCap,
     handshake_timeout: Duration,
     stop: watch::Receiver<bool>,
     name: &'static str,
@@ -119,6 +123,7 @@ pub fn incoming(
     let acceptor = tls.map(TlsAcceptor::from);
     let accept_task = tokio::spawn(async move {
         let mut backoff = dataplane::AcceptBackoff::default();
+        let mut next_refusal_log = tokio::time::Instant::now();
         loop {
             let pending = match listener.accept().await {
                 Ok(pending) => {
@@ -131,6 +136,20 @@ pub fn incoming(
                     tokio::time::sleep(wait).await;
                     continue;
                 }
+            };
+            let Some(admitted) = cap.admit() else {
+                drop(pending);
+                let now = tokio::time::Instant::now();
+                if now >= next_refusal_log {
+                    next_refusal_log = now + REFUSAL_LOG_INTERVAL;
+                    tracing::warn!(
+                        listener = name,
+                        cap = cap.limit(),
+                        refused = cap.take_refused(),
+                        "listener at its connection cap; closing new connections"
+                    );
+                }
+                continue;
             };
             let tx = tx.clone();
             let acceptor = acceptor.clone();
@@ -155,6 +174,7 @@ pub fn incoming(
                         stream,
                         peer,
                         closed,
+                        _admitted: admitted,
                     })
                 };
                 match tokio::time::timeout(handshake_timeout, setup).await {

@@ -17,4 +17,6 @@ pub mod waypoint;
 pub mod xds;
 pub mod ztunnel;
 
-pub use listeners::{AcceptBackoff, IdleLimit};
+pub use listeners::{
+    AcceptBackoff, Admitted, DescriptorPlan, IdleLimit, ListenerCap, REFUSAL_LOG_INTERVAL,
+};

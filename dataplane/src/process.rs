@@ -137,3 +137,46 @@ pub fn stop_signal() -> impl Future<Output = &'static str> {
         }
     }
 }
+
+/// Raises this process's soft descriptor limit to its hard limit, as Go programs (upstream's
+/// istiod among them) do at start, and shares out what is then allowed. The limit is the
+/// operator's to set; raising the soft one only stops a login shell's default (often 1,024)
+/// from deciding how many connections a node proxy may hold.
+pub fn descriptor_plan() -> crate::listeners::DescriptorPlan {
+    let plan = crate::listeners::DescriptorPlan::for_limit(raise_descriptor_limit());
+    tracing::info!(
+        limit = plan.limit,
+        reserve = plan.reserve,
+        per_traffic_listener = plan.per_traffic_listener,
+        traffic = plan.traffic,
+        endpoint = plan.endpoint,
+        admin = plan.admin,
+        "descriptors shared out between listeners"
+    );
+    plan
+}
+
+fn raise_descriptor_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given, which lives here.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(err = %std::io::Error::last_os_error(), "cannot read the descriptor limit; planning for 1024");
+        return 1024;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        } else {
+            tracing::warn!(err = %std::io::Error::last_os_error(), soft = limit.rlim_cur, "cannot raise the descriptor limit; keeping it");
+        }
+    }
+    limit.rlim_cur
+}

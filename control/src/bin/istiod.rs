@@ -309,6 +309,7 @@ fn run() -> anyhow::Result<()> {
         println!("{token}");
         return Ok(());
     }
+    args.istiod.descriptors = dataplane::process::descriptor_plan();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

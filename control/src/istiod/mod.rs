@@ -21,6 +21,7 @@ use dataplane::identity::{Identity, LocalCa, control_plane_server_config};
 use dataplane::seams::Seams;
 use dataplane::xds::proto::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use dataplane::xds::proto::istio::v1::auth::istio_certificate_service_server::IstioCertificateServiceServer;
+use dataplane::{DescriptorPlan, ListenerCap};
 
 use crate::ca::{CaService, CaShared, CertificateAuthority, TokenSigner};
 use crate::listener::incoming;
@@ -52,6 +53,10 @@ pub struct IstiodConfig {
     pub certificate_ttl: Duration,
     /// How long a burst of changes is collected before one push.
     pub debounce: Duration,
+    /// How the process's descriptors are shared out: each xDS port holds at most half of
+    /// the traffic share, so idle connections to one cannot stop the other from accepting.
+    /// The binary plans from its own `RLIMIT_NOFILE`.
+    pub descriptors: DescriptorPlan,
 }
 
 impl Default for IstiodConfig {
@@ -65,6 +70,7 @@ impl Default for IstiodConfig {
             handshake_timeout: Duration::from_secs(10),
             certificate_ttl: crate::ca::DEFAULT_TTL,
             debounce: Duration::from_millis(100),
+            descriptors: DescriptorPlan::default(),
         }
     }
 }
@@ -191,6 +197,7 @@ pub async fn run(
         let connections = incoming(
             listener,
             tls,
+            ListenerCap::new(config.descriptors.traffic / 2),
             config.handshake_timeout,
             stopped.clone(),
             name,

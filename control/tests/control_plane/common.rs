@@ -100,10 +100,20 @@ pub fn new_ca() -> LocalCa {
 
 /// Starts istiod on `<subnet>.1` (ports 15010/15012) signing with `root`.
 pub async fn start_istiod(subnet: [u8; 3], root: &LocalCa) -> Istiod {
+    start_istiod_planned(subnet, root, dataplane::DescriptorPlan::default()).await
+}
+
+/// [`start_istiod`], sharing out `descriptors` as the binary would its own limit.
+pub async fn start_istiod_planned(
+    subnet: [u8; 3],
+    root: &LocalCa,
+    descriptors: dataplane::DescriptorPlan,
+) -> Istiod {
     let root = LocalCa::from_pem(&root.root_pem(), root.key_pem()).unwrap();
     let config = IstiodConfig {
         listen_ip: ip(subnet, 1),
         handshake_timeout: Duration::from_secs(1),
+        descriptors,
         ..IstiodConfig::default()
     };
     let authority = CertificateAuthority::new(root, "cluster.local", config.certificate_ttl);

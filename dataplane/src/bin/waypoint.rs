@@ -27,7 +27,8 @@ Runs the L7 proxy of one waypoint Gateway. Settings come from the environment:
 async fn proxy() -> anyhow::Result<()> {
     // Before anything can say "ready": a SIGTERM from then on drains.
     let stop = process::stop_signal();
-    let config = Config::from_env(|k| std::env::var(k).ok())?;
+    let mut config = Config::from_env(|k| std::env::var(k).ok())?;
+    config.mesh.descriptors = process::descriptor_plan();
     if config.mesh.xds_address.is_none() {
         bail!("no control plane: set XDS_ADDRESS (istiod's xDS address)\n\n{USAGE}");
     }

@@ -21,7 +21,8 @@ fn gen_ca(dir: &Path, trust_domain: &str) -> anyhow::Result<()> {
 async fn proxy() -> anyhow::Result<()> {
     // Before anything can say "ready": a SIGTERM from then on drains.
     let stop = process::stop_signal();
-    let config = Config::from_env(|k| std::env::var(k).ok())?;
+    let mut config = Config::from_env(|k| std::env::var(k).ok())?;
+    config.descriptors = process::descriptor_plan();
     let mut state = State::default();
     if let Some(path) = &config.local_config {
         LocalConfig::load(path)?.apply_to(&mut state);

@@ -22,6 +22,7 @@ use super::{
     SERVER_MAX_STREAMS, SERVER_SEND_BUFFER, STREAM_WINDOW, TLS_BUFFER_LIMIT, keepalive,
 };
 use crate::identity::{Identity, peer_identity};
+use crate::listeners::TrafficBudget;
 use crate::seams::BoxStream;
 
 /// How a server connection behaves around its edges.
@@ -33,6 +34,9 @@ pub struct ServerOptions {
     pub drain: watch::Receiver<bool>,
     /// How long open streams get after GOAWAY before the connection is closed anyway.
     pub drain_deadline: Duration,
+    /// What each tunnel's upstream connection draws from: a CONNECT the budget has no room
+    /// for is answered 503 (`None`: unbounded, for tests of the protocol alone).
+    pub tunnels: Option<TrafficBudget>,
 }
 
 /// Why a connection never got to carry a stream.
@@ -211,6 +215,17 @@ where
                         continue;
                     }
                 };
+                let descriptor = match &options.tunnels {
+                    Some(budget) => match budget.take(1) {
+                        Some(permit) => Some(permit),
+                        None => {
+                            tracing::warn!(%peer, "no descriptors left for another tunnel; answering 503");
+                            respond(send_response, StatusCode::SERVICE_UNAVAILABLE);
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 let incoming = IncomingConnect {
                     request: ConnectRequest {
                         authority,
@@ -222,7 +237,11 @@ where
                     respond: send_response,
                     recv,
                 };
-                tokio::spawn(handler(incoming));
+                let tunnel = handler(incoming);
+                tokio::spawn(async move {
+                    let _descriptor = descriptor;
+                    tunnel.await
+                });
             }
         }
     }

@@ -52,6 +52,7 @@ impl Server {
                 let (drain_tx, drain) = watch::channel(false);
                 s.drains.lock().unwrap().push(drain_tx);
                 let options = ServerOptions {
+                    tunnels: None,
                     handshake_timeout: Duration::from_secs(5),
                     drain,
                     drain_deadline: Duration::from_secs(30),

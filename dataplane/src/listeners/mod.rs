@@ -15,8 +15,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+mod caps;
 mod idle;
 
+pub use caps::{Admitted, DescriptorPlan, ListenerCap, REFUSAL_LOG_INTERVAL, TrafficBudget};
 pub use idle::IdleLimit;
 
 use crate::seams::{Accepted, Listener, Network};
@@ -76,10 +78,12 @@ impl AcceptBackoff {
     }
 }
 
-/// Accepts until `stop` turns true, each connection on its own task.
+/// Accepts until `stop` turns true, each connection on its own task. A connection `cap` has
+/// no room for is closed at once; how many were is logged at most once a second.
 pub(crate) fn spawn_accept_loop<F, Fut>(
     listener: Box<dyn Listener>,
     mut stop: watch::Receiver<bool>,
+    cap: ListenerCap,
     handler: F,
 ) -> JoinHandle<()>
 where
@@ -90,6 +94,7 @@ where
     tokio::spawn(async move {
         let local = listener.local_addr();
         let mut backoff = AcceptBackoff::default();
+        let mut next_refusal_log = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -97,8 +102,18 @@ where
                 incoming = listener.accept() => match incoming {
                     Ok(incoming) => {
                         backoff.succeeded();
+                        let Some(admitted) = cap.admit() else {
+                            drop(incoming);
+                            let now = tokio::time::Instant::now();
+                            if now >= next_refusal_log {
+                                next_refusal_log = now + REFUSAL_LOG_INTERVAL;
+                                tracing::warn!(%local, cap = cap.limit(), refused = cap.take_refused(), "listener at its connection cap; closing new connections");
+                            }
+                            continue;
+                        };
                         let handler = handler.clone();
                         tokio::spawn(async move {
+                            let _admitted = admitted;
                             match incoming.await {
                                 Ok(accepted) => handler(accepted).await,
                                 Err(err) => tracing::warn!(%local, %err, "accepted connection lost before it was resolved"),

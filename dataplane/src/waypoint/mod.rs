@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::hbone::Pool;
-use crate::listeners::{admin_ip, bind, spawn_accept_loop};
+use crate::listeners::{ListenerCap, TrafficBudget, admin_ip, bind, spawn_accept_loop};
 use crate::seams::Seams;
 use crate::state::StateHandle;
 use crate::xds::proto::ambient::waypoint::WaypointConfig;
@@ -51,6 +51,8 @@ pub(crate) struct Inner {
     pub(crate) routes: watch::Sender<Arc<RouteTable>>,
     pub(crate) certificates: CertificateManager,
     pub(crate) pool: Pool,
+    /// The descriptors all traffic draws from (see [`crate::listeners::DescriptorPlan`]).
+    pub(crate) traffic: TrafficBudget,
     pub(crate) metrics: Metrics,
     pub(crate) drain: watch::Receiver<bool>,
     pub(crate) ready: AtomicBool,
@@ -124,6 +126,7 @@ pub async fn run(
         admin: admin_l.local_addr(),
     };
     let (drain_tx, drain) = watch::channel(false);
+    let plan = config.mesh.descriptors;
     let inner = Arc::new(Inner {
         certificates: CertificateManager::new(certificates, seams.clock.clone()),
         config,
@@ -131,6 +134,7 @@ pub async fn run(
         state,
         routes: watch::Sender::new(Arc::new(RouteTable::default())),
         pool: Pool::new(),
+        traffic: TrafficBudget::new(plan.traffic),
         metrics: Metrics::default(),
         drain,
         ready: AtomicBool::new(false),
@@ -141,19 +145,23 @@ pub async fn run(
     });
     let mut tasks = Vec::new();
     let i = inner.clone();
+    // The one traffic listener: an HBONE connection holds itself, each tunnel one more.
+    let cap = ListenerCap::traffic(plan.traffic, &inner.traffic, 1);
     tasks.push(spawn_accept_loop(
         inbound_l,
         inner.drain.clone(),
+        cap,
         move |a| inbound::serve(i.clone(), a),
     ));
     let (_never, stay_up) = watch::channel(false);
-    for (l, endpoint) in [
-        (readiness_l, admin::Endpoint::Readiness),
-        (metrics_l, admin::Endpoint::Metrics),
-        (admin_l, admin::Endpoint::Admin),
+    for (l, endpoint, cap) in [
+        (readiness_l, admin::Endpoint::Readiness, plan.endpoint),
+        (metrics_l, admin::Endpoint::Metrics, plan.endpoint),
+        (admin_l, admin::Endpoint::Admin, plan.admin),
     ] {
         let i = inner.clone();
-        tasks.push(spawn_accept_loop(l, stay_up.clone(), move |a| {
+        let cap = ListenerCap::new(cap);
+        tasks.push(spawn_accept_loop(l, stay_up.clone(), cap, move |a| {
             admin::serve(i.clone(), endpoint, a)
         }));
     }

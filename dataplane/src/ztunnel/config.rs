@@ -72,6 +72,9 @@ pub struct Config {
     /// How long connections get to finish after a drain starts
     /// (`CONNECTION_TERMINATION_DEADLINE`).
     pub drain_deadline: Duration,
+    /// How the process's descriptors are shared out between listeners; the binaries plan
+    /// from their own `RLIMIT_NOFILE`.
+    pub descriptors: crate::listeners::DescriptorPlan,
     /// Seed for the entropy seam.
     pub seed: u64,
     /// istiod's xDS address (`XDS_ADDRESS`); unset: state comes only from the local config.
@@ -104,6 +107,7 @@ impl Default for Config {
             certificate_ttl: Duration::from_secs(24 * 3600),
             handshake_timeout: Duration::from_secs(10),
             drain_deadline: Duration::from_secs(5),
+            descriptors: Default::default(),
             seed: 0,
             xds_address: None,
             ca_address: None,

@@ -44,6 +44,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
         handshake_timeout: inner.config.handshake_timeout,
         drain: inner.drain.clone(),
         drain_deadline: inner.config.drain_deadline,
+        tunnels: Some(inner.traffic.clone()),
     };
     let handler_inner = inner.clone();
     let handler = move |incoming: IncomingConnect| {

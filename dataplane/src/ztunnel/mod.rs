@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use crate::hbone::Pool;
 use crate::identity::Identity;
 pub(crate) use crate::listeners::signalled;
-use crate::listeners::{admin_ip, bind, spawn_accept_loop};
+use crate::listeners::{ListenerCap, TrafficBudget, admin_ip, bind, spawn_accept_loop};
 use crate::seams::Seams;
 use crate::state::{State, StateHandle, TunnelProtocol, Workload};
 
@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) state: StateHandle,
     pub(crate) certificates: CertificateManager,
     pub(crate) pool: Pool,
+    /// The descriptors all traffic draws from (see [`crate::listeners::DescriptorPlan`]).
+    pub(crate) traffic: TrafficBudget,
     pub(crate) metrics: Metrics,
     pub(crate) tracker: Arc<ConnectionTracker>,
     pub(crate) drain: watch::Receiver<bool>,
@@ -206,12 +208,14 @@ pub async fn run(
         metrics: metrics_l.local_addr(),
         admin: admin_l.local_addr(),
     };
+    let descriptors = config.descriptors;
     let inner = Arc::new(Inner {
         certificates: CertificateManager::new(certificates, seams.clock.clone()),
         config,
         seams,
         state,
         pool: Pool::new(),
+        traffic: TrafficBudget::new(descriptors.traffic),
         metrics: Metrics::default(),
         tracker: Arc::new(ConnectionTracker::default()),
         drain,
@@ -224,34 +228,53 @@ pub async fn run(
 
     let mut tasks = Vec::new();
     let drain = inner.drain.clone();
+    let plan = inner.config.descriptors;
+    // A captured, plaintext or SOCKS5 connection holds itself and its upstream; an HBONE
+    // connection holds itself, and each of its tunnels draws one more as it opens.
+    let traffic = |per_connection| {
+        ListenerCap::traffic(plan.per_traffic_listener, &inner.traffic, per_connection)
+    };
     let i = inner.clone();
-    tasks.push(spawn_accept_loop(outbound_l, drain.clone(), move |a| {
-        outbound::handle_captured(i.clone(), a.stream, a.peer, a.destination)
-    }));
+    tasks.push(spawn_accept_loop(
+        outbound_l,
+        drain.clone(),
+        traffic(2),
+        move |a| outbound::handle_captured(i.clone(), a.stream, a.peer, a.destination),
+    ));
     let i = inner.clone();
-    tasks.push(spawn_accept_loop(plaintext_l, drain.clone(), move |a| {
-        inbound_plaintext::serve(i.clone(), a)
-    }));
+    tasks.push(spawn_accept_loop(
+        plaintext_l,
+        drain.clone(),
+        traffic(2),
+        move |a| inbound_plaintext::serve(i.clone(), a),
+    ));
     let i = inner.clone();
-    tasks.push(spawn_accept_loop(inbound_l, drain.clone(), move |a| {
-        inbound::serve(i.clone(), a)
-    }));
+    tasks.push(spawn_accept_loop(
+        inbound_l,
+        drain.clone(),
+        traffic(1),
+        move |a| inbound::serve(i.clone(), a),
+    ));
     if let Some(l) = socks5_l {
         let i = inner.clone();
-        tasks.push(spawn_accept_loop(l, drain.clone(), move |a| {
+        tasks.push(spawn_accept_loop(l, drain.clone(), traffic(2), move |a| {
             socks5::serve(i.clone(), a)
         }));
     }
     // The HTTP endpoints stay up through a drain (readiness and metrics must answer).
-    for (l, endpoint) in [
-        (readiness_l, admin::Endpoint::Readiness),
-        (metrics_l, admin::Endpoint::Metrics),
-        (admin_l, admin::Endpoint::Admin),
+    for (l, endpoint, cap) in [
+        (readiness_l, admin::Endpoint::Readiness, plan.endpoint),
+        (metrics_l, admin::Endpoint::Metrics, plan.endpoint),
+        (admin_l, admin::Endpoint::Admin, plan.admin),
     ] {
         let i = inner.clone();
-        tasks.push(spawn_accept_loop(l, inner.terminate.clone(), move |a| {
-            admin::serve(i.clone(), endpoint, a)
-        }));
+        let cap = ListenerCap::new(cap);
+        tasks.push(spawn_accept_loop(
+            l,
+            inner.terminate.clone(),
+            cap,
+            move |a| admin::serve(i.clone(), endpoint, a),
+        ));
     }
 
     // Re-check open connections whenever the state changes.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use dataplane::DescriptorPlan;
 use dataplane::identity::{Identity, LocalCa};
 use dataplane::localconfig::LocalConfig;
 use dataplane::seams::{Clock, ManualClock, Seams, SystemClock};
@@ -83,12 +84,25 @@ pub async fn start(
     ca: &Arc<LocalCa>,
     clock: Arc<dyn Clock>,
 ) -> Ztunnel {
+    start_planned(node, listen, state, ca, clock, DescriptorPlan::default()).await
+}
+
+/// [`start`], sharing out `descriptors` as the binary would its own limit.
+pub async fn start_planned(
+    node: &str,
+    listen: IpAddr,
+    state: StateHandle,
+    ca: &Arc<LocalCa>,
+    clock: Arc<dyn Clock>,
+    descriptors: DescriptorPlan,
+) -> Ztunnel {
     let config = Config {
         node_name: node.into(),
         listen_ip: listen,
         enable_socks5: true,
         handshake_timeout: Duration::from_secs(2),
         drain_deadline: Duration::from_millis(500),
+        descriptors,
         ..Config::default()
     };
     let ca = LocalCa::from_pem(&ca.root_pem(), ca.key_pem()).unwrap();
@@ -315,25 +329,33 @@ pub struct Pair {
 
 impl Pair {
     pub async fn start(policies: &str) -> Pair {
+        Pair::start_planned(policies, DescriptorPlan::default()).await
+    }
+
+    /// [`Pair::start`], both ztunnels sharing out `descriptors` as the binary would its own
+    /// limit.
+    pub async fn start_planned(policies: &str, descriptors: DescriptorPlan) -> Pair {
         capture_logs();
         let net = subnet();
         let yaml = topology_yaml(net, policies);
         let ca = new_ca();
         let clock = manual_clock();
-        let a = start(
+        let a = start_planned(
             "node-a",
             ip(net, 2),
             state(&yaml),
             &ca,
             Arc::new(clock.clone()),
+            descriptors,
         )
         .await;
-        let b = start(
+        let b = start_planned(
             "node-b",
             ip(net, 3),
             state(&yaml),
             &ca,
             Arc::new(clock.clone()),
+            descriptors,
         )
         .await;
         echo_server(SocketAddr::new(ip(net, 3), ECHO_PORT)).await;
@@ -397,5 +419,18 @@ impl Pair {
             round_trip(&mut s, b"still here").await.unwrap(),
             b"still here"
         );
+    }
+}
+
+/// Whether the server closes `stream` within `within`: EOF or a reset.
+pub async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
     }
 }

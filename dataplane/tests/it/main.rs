@@ -1,6 +1,7 @@
 //! Integration tests for the ztunnel on real loopback sockets, as processes, and for bad input.
 
 mod bad_input;
+mod caps;
 mod common;
 mod hbone;
 mod loopback;

@@ -128,19 +128,6 @@ async fn admin_serves_only_origin_form_targets() {
     assert_eq!(status, 200);
 }
 
-/// Whether the server closes `stream` within `within`: EOF or a reset.
-async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 512];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
-}
-
 /// An idle client, a trickling one and a forgotten keep-alive are each closed on `port`.
 async fn drops_idle_and_trickling_clients(port: SocketAddr) {
     // Connected, then silent.
