@@ -150,7 +150,7 @@ fn store(workloads: usize) -> Store {
     store
 }
 
-fn policy(name: &str) -> control::sources::Object {
+fn policy(name: &str) -> control::object::Object {
     let yaml = format!(
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: ns0}}\n\
          spec: {{action: DENY, rules: [{{from: [{{source: {{principals: [cluster.local/ns/ns1/sa/app1]}}}}]}}]}}\n"

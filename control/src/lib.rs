@@ -1,7 +1,8 @@
 //! The control plane in istiod's role: Kubernetes objects in, xDS and certificates out.
 //!
-//! So far: the `security.istio.io/v1` types and their translation into what ztunnels enforce.
-//! Sources, the store, the xDS server and the CA come with the rest of the control-plane issue.
+//! The object model (`object`) sits below everything: sources (YAML files, a live cluster)
+//! read objects and feed them to the store; the store keeps and schedules them; translation
+//! turns the store into a snapshot; the xDS server and the CA serve it.
 
 pub mod ca;
 pub mod explain;
@@ -9,6 +10,7 @@ pub mod features;
 pub mod istiod;
 pub mod listener;
 pub mod mesh_config;
+pub mod object;
 pub mod snapshot;
 pub mod sources;
 pub mod store;

@@ -14,7 +14,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use serde::de::DeserializeOwned;
 
-use super::{Kind, Object, ObjectKey};
+use crate::object::{Kind, Object, ObjectKey};
 use crate::store::{Store, StoreError};
 
 /// What the loop tells its caller, who logs and pushes.

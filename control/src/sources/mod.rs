@@ -5,7 +5,6 @@
 
 pub mod kube;
 mod limits;
-mod object;
 mod yaml;
 
 use std::collections::{HashMap, HashSet};
@@ -14,8 +13,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use limits::{MAX_DEPTH, MAX_FILE_BYTES};
-pub use object::{Kind, Object, ObjectKey};
 
+use crate::object::{Kind, Object};
 use crate::store::{Store, StoreConfig, StoreError};
 
 /// Where a loaded object was read from, for error messages.

@@ -5,7 +5,8 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use super::limits::{MAX_DEPTH, MAX_FILE_BYTES, too_deep, too_large};
-use super::{Kind, Loaded, Object, Origin, SourceError};
+use super::{Loaded, Origin, SourceError};
+use crate::object::{Kind, Object};
 
 /// One `---`-separated document: where it starts (1-based line) and its text.
 struct Chunk<'a> {

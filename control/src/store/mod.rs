@@ -37,7 +37,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub use pods::{PodOwner, PodView};
 use schedule::Schedule;
 
-use crate::sources::{Kind, Object, ObjectKey};
+use crate::object::{Kind, Object, ObjectKey};
 use crate::types::fault::FaultInjection;
 use crate::types::security::{AuthorizationPolicy, PeerAuthentication};
 

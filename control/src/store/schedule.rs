@@ -14,7 +14,7 @@ use dataplane::policy::Cidr;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 
 use super::pods;
-use crate::sources::Object;
+use crate::object::Object;
 
 /// Where one pod runs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use gateway_api::gateways::Gateway;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 
 use super::{Store, StoreError};
-use crate::sources::Object;
+use crate::object::Object;
 use crate::types::fault::{FaultInjection, Fraction};
 use crate::types::security::{
     AuthorizationAction, AuthorizationPolicy, Condition, Operation, PeerAuthentication, Source,

@@ -37,7 +37,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 
-use crate::sources::{Kind, Object, ObjectKey};
+use crate::object::{Kind, Object, ObjectKey};
 use crate::translate::waypoints::{GATEWAY_NAME, WAYPOINT_CLASS, is_waypoint};
 
 /// Label naming the class of the Gateway a generated object belongs to.

@@ -22,8 +22,8 @@ use dataplane::policy::{Action, Authorization, Clause, Match, Rule, Scope, Strin
 use dataplane::state::{GatewayAddress, GatewayDestination, NamespacedHostname};
 use gateway_api::gateways::{Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From};
 
+use crate::object::{Kind, Object};
 use crate::snapshot::MeshConfig;
-use crate::sources::{Kind, Object};
 use crate::store::Store;
 
 pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";

@@ -3,6 +3,7 @@
 mod common;
 mod example_cluster;
 mod istiod_command;
+mod layering;
 mod policies;
 mod policy_validation;
 mod schedule;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use control::sources::Kind;
+use control::object::Kind;
 use control::store::Store;
 
 use crate::common::{BASE, apply, deployment, store};

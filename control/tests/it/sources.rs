@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use control::sources::{self, Kind, Object};
+use control::object::{Kind, Object};
+use control::sources;
 use control::store::StoreConfig;
 
 use crate::common::{BASE, error, store};

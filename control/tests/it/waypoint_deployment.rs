@@ -4,7 +4,8 @@
 
 use std::net::IpAddr;
 
-use control::sources::{self, Kind, Object};
+use control::object::{Kind, Object};
+use control::sources;
 use control::store::{Store, StoreConfig};
 use dataplane::state::{GatewayAddress, GatewayDestination, NamespacedHostname, TunnelProtocol};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;

@@ -42,7 +42,7 @@ impl Scenario {
                     host(b)?;
                 }
                 Action::Crash(h) | Action::Restart(h) => host(h)?,
-                Action::Delete(r) if control::sources::Kind::from_name(&r.kind).is_none() => {
+                Action::Delete(r) if control::object::Kind::from_name(&r.kind).is_none() => {
                     return Err((
                         Some(format!("kind: {}", r.kind)),
                         format!("delete: unknown kind {:?}", r.kind),

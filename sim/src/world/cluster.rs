@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use control::sources::{Kind, Loaded};
+use control::object::Kind;
+use control::sources::Loaded;
 use control::store::{PodOwner, Store, StoreConfig};
 
 use super::PodInfo;

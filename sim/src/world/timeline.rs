@@ -2,7 +2,7 @@
 //! partitions and link faults, the wall clock and root rotations; and what a change means
 //! for the pod table and the configuration every ztunnel must converge to.
 
-use control::sources::Kind;
+use control::object::Kind;
 
 use super::cluster::pod_table;
 use super::fingerprint::{Fingerprint, snapshot_fingerprint};

@@ -52,8 +52,8 @@ use serde::Serialize;
 
 use super::services::{self, TargetPort};
 use super::waypoints::{self, TrafficKind};
+use crate::object::{Kind, Object};
 use crate::snapshot::MeshConfig;
-use crate::sources::{Kind, Object};
 use crate::store::Store;
 use crate::types::fault::{self as fault_types, FaultInjectionSpec};
 use crate::types::security::{

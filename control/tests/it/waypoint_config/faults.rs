@@ -5,7 +5,8 @@
 
 use std::path::PathBuf;
 
-use control::sources::{self, Kind};
+use control::object::Kind;
+use control::sources;
 use control::store::StoreConfig;
 use dataplane::xds::proto::ambient::waypoint::{
     FaultAbort, FaultDelay, FaultInjection, Fraction, fault_abort, filter,

@@ -2,7 +2,7 @@
 //! every entry of the rule, validated like the CRD validates them, and the experimental
 //! channel's other fields kept rather than refused.
 
-use control::sources::{Kind, Object};
+use control::object::{Kind, Object};
 use dataplane::xds::proto::ambient::waypoint::{Retry, filter};
 
 use super::{WAYPOINT, configs, kinds, manifests, rules};
