@@ -9,7 +9,12 @@
 //! istiod --state-dir DIR --issue-token NODE [--identity spiffe://…] [--token-ttl DURATION]
 //! istiod explain --config-dir PATH... --from NS/POD --to HOST:PORT [--method M] [--path P]
 //!        [--header NAME:VALUE]... [--json]
+//! istiod rotate-root begin|advance|finish|status --state-dir DIR [--activate-after DURATION]
+//!        [--overlap DURATION] [--trust-domain TD]
 //! ```
+//!
+//! `rotate-root` changes the state directory; an istiod serving from it follows within
+//! seconds, and one started later comes back in the same phase.
 //!
 //! Feature flags come from upstream's environment variables (`true`/`1` on, `false`/`0`/unset
 //! off, anything else refused): `AMBIENT_ENABLE_DRY_RUN_AUTHORIZATION_POLICY`,
@@ -23,6 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use control::ca::{CertificateAuthority, TokenSigner};
 use control::features::Features;
+use control::istiod::root_rotation;
 use control::istiod::state_dir::{self, StateDir};
 use control::istiod::{self, IstiodConfig, SharedStore};
 use control::sources::{self, kube::Report};
@@ -37,7 +43,9 @@ const USAGE: &str = "usage: istiod [--config-dir PATH]... [--kube] [--state-dir 
 [--check]\n       \
 istiod --state-dir DIR --issue-token NODE [--identity SPIFFE-ID] [--token-ttl DURATION]\n       \
 istiod explain --config-dir PATH... --from NS/POD --to HOST:PORT [--method M] [--path P] \
-[--header NAME:VALUE]... [--json]";
+[--header NAME:VALUE]... [--json]\n       \
+istiod rotate-root begin|advance|finish|status --state-dir DIR [--activate-after DURATION] \
+[--overlap DURATION] [--trust-domain TD]";
 
 #[derive(Default)]
 struct Args {
@@ -54,6 +62,10 @@ struct Args {
     /// `explain`: the question, and whether to answer in JSON.
     explain: Option<control::explain::Question>,
     json: bool,
+    /// `rotate-root`: the step, and the times `begin` schedules.
+    rotate_root: Option<String>,
+    activate_after: Option<Duration>,
+    overlap: Option<Duration>,
 }
 
 fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
@@ -62,6 +74,16 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
     if it.peek().is_some_and(|a| a == "explain") {
         it.next();
         args.explain = Some(control::explain::Question::default());
+    } else if it.peek().is_some_and(|a| a == "rotate-root") {
+        it.next();
+        match it.next() {
+            Some(step) if ["begin", "advance", "finish", "status"].contains(&step.as_str()) => {
+                args.rotate_root = Some(step)
+            }
+            other => {
+                bail!("rotate-root needs begin, advance, finish or status, not {other:?}\n{USAGE}")
+            }
+        }
     }
     while let Some(flag) = it.next() {
         let mut value = || {
@@ -90,6 +112,10 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
             "--issue-token" => args.issue_token = Some(value()?),
             "--identity" => args.identity = Some(value()?),
             "--token-ttl" => args.token_ttl = Some(duration(value()?)?),
+            "--activate-after" if args.rotate_root.is_some() => {
+                args.activate_after = Some(duration(value()?)?)
+            }
+            "--overlap" if args.rotate_root.is_some() => args.overlap = Some(duration(value()?)?),
             "--listen" => {
                 let v = value()?;
                 args.istiod.listen_ip = v
@@ -190,17 +216,29 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         tracing::info!(objects = count, "configuration loaded");
     }
     let state = load_state(&args)?;
-    if let Some(path) = &args.write_root_cert {
-        std::fs::write(path, state.root.root_pem())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    let authority = CertificateAuthority::new(
-        state.root,
+    // A copy: the root is handed to the CA again below if a rotation resumes.
+    let root = LocalCa::from_pem(&state.root.root_pem(), state.root.key_pem())?;
+    let mut authority = CertificateAuthority::new(
+        root,
         &args.istiod.mesh.trust_domain,
         args.istiod.certificate_ttl,
     );
+    // A rotation begun before this start resumes in the phase its times give it.
+    if let Some(dir) = &args.state_dir
+        && let Some(plan) = root_rotation::load(dir)?
+    {
+        authority.adopt(state.root, Some(plan), SystemClock.now());
+        tracing::info!(phase = %root_rotation::status(dir, SystemClock.now())?, "resuming a root rotation");
+    }
+    if let Some(path) = &args.write_root_cert {
+        std::fs::write(path, authority.trust_bundle())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let seams = Seams::real(1);
     let istiod = istiod::run(args.istiod, seams, authority, &state.token_secret).await?;
+    if let Some(dir) = &args.state_dir {
+        istiod.follow_state_dir(dir.clone());
+    }
     let shared = SharedStore::new(store);
     istiod.follow(shared.clone());
     if args.kube {
@@ -281,6 +319,27 @@ fn run() -> anyhow::Result<()> {
         } else {
             print!("{}", control::explain::render(&answer));
         }
+        return Ok(());
+    }
+    if let Some(step) = &args.rotate_root {
+        let Some(dir) = &args.state_dir else {
+            bail!("rotate-root needs the --state-dir of the istiod whose root it rotates");
+        };
+        let now = SystemClock.now();
+        let phase = match step.as_str() {
+            "begin" => root_rotation::begin(
+                dir,
+                &args.istiod.mesh.trust_domain,
+                now,
+                args.activate_after
+                    .unwrap_or(root_rotation::DEFAULT_ACTIVATE_AFTER),
+                args.overlap.unwrap_or(root_rotation::DEFAULT_OVERLAP),
+            )?,
+            "advance" => root_rotation::advance(dir, now)?,
+            "finish" => root_rotation::finish(dir, now)?,
+            _ => root_rotation::status(dir, now)?,
+        };
+        println!("{phase}");
         return Ok(());
     }
     if let Some(node) = &args.issue_token {

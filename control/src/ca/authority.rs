@@ -7,6 +7,10 @@
 //! 2. After `activate_after` (at least one certificate lifetime, so every live certificate has
 //!    been renewed with the two-root bundle) the new root signs; the old one stays trusted.
 //! 3. After `overlap` more (every old-root leaf has expired) the old root leaves the bundle.
+//!
+//! The same rotation can be handed in whole, as a [`PlannedRoot`] with both times
+//! ([`CertificateAuthority::adopt`]): what `istiod rotate-root` keeps in the state directory,
+//! so that a restart mid-rotation comes back in the same phase.
 
 use std::time::{Duration, SystemTime};
 
@@ -37,6 +41,14 @@ struct Pending {
     ca: LocalCa,
     activate_at: SystemTime,
     overlap: Duration,
+}
+
+/// A root on its way in: trusted from the start, signing from `activate_at`, and the root it
+/// replaces trusted until `retire_at`.
+pub struct PlannedRoot {
+    pub next: LocalCa,
+    pub activate_at: SystemTime,
+    pub retire_at: SystemTime,
 }
 
 /// The signing root, roots on their way in and out, and the issuing policy.
@@ -93,6 +105,37 @@ impl CertificateAuthority {
             activate_at: now + activate_after,
             overlap,
         });
+    }
+
+    /// Takes the roots from outside (the state directory): `base` is the root before the
+    /// rotation, `plan` the one replacing it, each in the role its times give it at `now`.
+    /// Whatever rotation was running in memory is replaced.
+    pub fn adopt(&mut self, base: LocalCa, plan: Option<PlannedRoot>, now: SystemTime) {
+        self.pending = None;
+        self.retiring.clear();
+        match plan {
+            None => self.active = base,
+            Some(plan) if now < plan.activate_at => {
+                self.active = base;
+                self.pending = Some(Pending {
+                    ca: plan.next,
+                    activate_at: plan.activate_at,
+                    overlap: plan
+                        .retire_at
+                        .duration_since(plan.activate_at)
+                        .unwrap_or_default(),
+                });
+            }
+            Some(plan) => {
+                self.active = plan.next;
+                if now < plan.retire_at {
+                    self.retiring.push(Retiring {
+                        root_pem: base.root_pem(),
+                        retire_at: plan.retire_at,
+                    });
+                }
+            }
+        }
     }
 
     /// Moves the rotation along at `now`; true when the signing root changed (so callers can
@@ -160,5 +203,54 @@ impl CertificateAuthority {
             *last = self.trust_bundle();
         }
         Ok(chain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn roots_in(bundle: &str) -> usize {
+        bundle.matches("BEGIN CERTIFICATE").count()
+    }
+
+    #[test]
+    fn an_adopted_rotation_takes_the_phase_its_times_give_it() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let fresh = || LocalCa::generate("cluster.local", t0).unwrap();
+        let copy = |ca: &LocalCa| LocalCa::from_pem(&ca.root_pem(), ca.key_pem()).unwrap();
+        let base = fresh();
+        let next = fresh();
+        let plan = || PlannedRoot {
+            next: copy(&next),
+            activate_at: t0 + HOUR,
+            retire_at: t0 + 2 * HOUR,
+        };
+        let mut ca = CertificateAuthority::new(copy(&base), "cluster.local", DEFAULT_TTL);
+
+        // Before activation: the base signs, both are trusted, and ticking activates on time.
+        ca.adopt(copy(&base), Some(plan()), t0);
+        assert_eq!(ca.active().root(), base.root());
+        assert_eq!(roots_in(&ca.trust_bundle()), 2);
+        assert_eq!(ca.next_transition(), Some(t0 + HOUR));
+        assert!(ca.tick(t0 + HOUR));
+        assert_eq!(ca.active().root(), next.root());
+        assert_eq!(ca.next_transition(), Some(t0 + 2 * HOUR));
+
+        // Adopted between the times: the next root signs, the base is trusted until retired.
+        ca.adopt(copy(&base), Some(plan()), t0 + HOUR + HOUR / 2);
+        assert_eq!(ca.active().root(), next.root());
+        assert!(ca.trust_bundle().contains(&base.root_pem()));
+        ca.tick(t0 + 2 * HOUR);
+        assert_eq!(ca.trust_bundle(), next.root_pem());
+
+        // Adopted after both: the next root alone; and no rotation at all: the base alone.
+        ca.adopt(copy(&base), Some(plan()), t0 + 3 * HOUR);
+        assert_eq!(ca.trust_bundle(), next.root_pem());
+        ca.adopt(copy(&base), None, t0 + 3 * HOUR);
+        assert_eq!(ca.trust_bundle(), base.root_pem());
+        assert_eq!(ca.next_transition(), None);
     }
 }

@@ -5,6 +5,6 @@ mod authority;
 mod service;
 mod token;
 
-pub use authority::{CertificateAuthority, DEFAULT_TTL, MAX_TTL, SignError};
+pub use authority::{CertificateAuthority, DEFAULT_TTL, MAX_TTL, PlannedRoot, SignError};
 pub use service::{CaService, CaShared, authenticate, authorize};
 pub use token::{Claims, TokenError, TokenSigner, bearer};

@@ -4,6 +4,7 @@
 //! tests and the simulator all call it.
 
 mod follow;
+pub mod root_rotation;
 pub mod state_dir;
 
 pub use follow::SharedStore;
@@ -35,6 +36,8 @@ pub const ISTIOD_HOSTNAME: &str = "istiod.istio-system.svc";
 const SERVING_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How often root-rotation phases are checked.
 const ROTATION_TICK: Duration = Duration::from_secs(60);
+/// How often a running istiod looks at its state directory for `istiod rotate-root`'s steps.
+pub const STATE_DIR_POLL: Duration = Duration::from_secs(2);
 
 /// What istiod needs to start.
 #[derive(Debug, Clone)]
@@ -338,6 +341,46 @@ impl Istiod {
             .begin_rotation(next, self.seams.clock.now(), activate_after, overlap);
     }
 
+    /// Takes the CA's roots from outside: `base` and the rotation replacing it, each in the
+    /// role its times give it now (see [`CertificateAuthority::adopt`]).
+    pub fn adopt_roots(&self, base: LocalCa, plan: Option<crate::ca::PlannedRoot>) {
+        adopt_roots(&self.ca, base, plan);
+    }
+
+    /// Follows the root rotation in the state directory `dir`, as `istiod rotate-root`
+    /// changes it: read every [`STATE_DIR_POLL`], adopted when it changed. A directory that
+    /// cannot be read is logged and the roots in use are kept.
+    pub fn follow_state_dir(&self, dir: std::path::PathBuf) {
+        let ca = self.ca.clone();
+        let task = tokio::spawn(async move {
+            let mut seen = root_rotation::fingerprint(&dir);
+            loop {
+                tokio::time::sleep(STATE_DIR_POLL).await;
+                let now = root_rotation::fingerprint(&dir);
+                if now == seen {
+                    continue;
+                }
+                match root_rotation::load_roots(&dir) {
+                    Ok((base, plan)) => {
+                        adopt_roots(&ca, base, plan);
+                        let phase = root_rotation::status(&dir, ca.clock.now())
+                            .map(|p| p.to_string())
+                            .unwrap_or_default();
+                        tracing::info!(dir = %dir.display(), %phase, "root rotation changed in the state directory; adopted");
+                        seen = now;
+                    }
+                    Err(err) => {
+                        tracing::warn!(dir = %dir.display(), %err, "cannot read the root rotation; keeping the roots in use");
+                    }
+                }
+            }
+        });
+        self.tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(task);
+    }
+
     /// Stops serving: listeners close and open streams end.
     pub fn shutdown(&self) {
         self.stop.send_replace(true);
@@ -350,6 +393,13 @@ impl Istiod {
             task.abort();
         }
     }
+}
+
+fn adopt_roots(ca: &CaShared, base: LocalCa, plan: Option<crate::ca::PlannedRoot>) {
+    ca.authority
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .adopt(base, plan, ca.clock.now());
 }
 
 /// Aborts a task when dropped, so an aborted server also stops its accept loop.

@@ -9,8 +9,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use dataplane::identity::{LocalCa, LocalCaError};
 
-const ROOT_CERT: &str = "root-cert.pem";
-const CA_KEY: &str = "ca-key.pem";
+pub(super) const ROOT_CERT: &str = "root-cert.pem";
+pub(super) const CA_KEY: &str = "ca-key.pem";
 const TOKEN_KEY: &str = "token-key";
 
 /// Why the state directory could not be used.
@@ -58,13 +58,41 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), StateDirError> {
-    std::fs::write(path, contents).map_err(io(path))?;
+    replace(path, contents, true)
+}
+
+/// Writes `path` whole through a temporary file and a rename, so that a reader (a running
+/// istiod following the directory) sees the old file or the new one, never half of one.
+/// `private`: readable by the owner only (keys).
+pub(super) fn replace(path: &Path, contents: &str, private: bool) -> Result<(), StateDirError> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".new");
+    let temporary = PathBuf::from(temporary);
+    std::fs::write(&temporary, contents).map_err(io(&temporary))?;
     #[cfg(unix)]
-    {
+    if private {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))?;
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
+            .map_err(io(&temporary))?;
     }
-    Ok(())
+    std::fs::rename(&temporary, path).map_err(io(path))
+}
+
+/// A root and its key, as the directory keeps them.
+pub(super) fn read_ca(root_path: &Path, key_path: &Path) -> Result<LocalCa, StateDirError> {
+    let root_pem = std::fs::read_to_string(root_path).map_err(io(root_path))?;
+    let key_pem = std::fs::read_to_string(key_path).map_err(io(key_path))?;
+    LocalCa::from_pem(&root_pem, &key_pem).map_err(|source| StateDirError::Ca {
+        path: root_path.to_path_buf(),
+        source,
+    })
+}
+
+/// Makes `ca` the directory's root (the end of a rotation): the key first, so that the
+/// root on disk never names a key that is not there yet.
+pub(super) fn replace_root(dir: &Path, ca: &LocalCa) -> Result<(), StateDirError> {
+    write_private(&dir.join(CA_KEY), ca.key_pem())?;
+    replace(&dir.join(ROOT_CERT), &ca.root_pem(), false)
 }
 
 /// The root CA file in `dir`: the trust bundle clients outside the cluster verify istiod with.
@@ -82,19 +110,13 @@ pub fn load_or_create(
     let root_path = dir.join(ROOT_CERT);
     let key_path = dir.join(CA_KEY);
     let root = if root_path.exists() {
-        let root_pem = std::fs::read_to_string(&root_path).map_err(io(&root_path))?;
-        let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-        LocalCa::from_pem(&root_pem, &key_pem).map_err(|source| StateDirError::Ca {
-            path: root_path.clone(),
-            source,
-        })?
+        read_ca(&root_path, &key_path)?
     } else {
         let ca = LocalCa::generate(trust_domain, now).map_err(|source| StateDirError::Ca {
             path: root_path.clone(),
             source,
         })?;
-        write_private(&key_path, ca.key_pem())?;
-        std::fs::write(&root_path, ca.root_pem()).map_err(io(&root_path))?;
+        replace_root(dir, &ca)?;
         tracing::info!(dir = %dir.display(), "created a new CA root");
         ca
     };

@@ -5,5 +5,6 @@ mod common;
 mod end_to_end;
 mod listeners;
 mod processes;
+mod root_rotation;
 mod simulated;
 mod xds_stream;

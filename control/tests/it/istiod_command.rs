@@ -213,3 +213,62 @@ fn sigterm_drains_and_exits() {
         "{rest:?}"
     );
 }
+
+#[test]
+fn rotate_root_walks_the_phases_and_a_restart_keeps_the_pending_root() {
+    let dir = std::env::temp_dir().join(format!("istiod-rotate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let state = dir.to_str().unwrap();
+    let step = |args: &[&str]| {
+        let out = istiod(&[&["rotate-root"], args, &["--state-dir", state]].concat());
+        let text = String::from_utf8_lossy(if out.status.success() {
+            &out.stdout
+        } else {
+            &out.stderr
+        })
+        .into_owned();
+        (out.status.success(), text)
+    };
+
+    let (ok, text) = step(&["status"]);
+    assert!(ok && text.starts_with("no rotation"), "{text}");
+    let (ok, text) = step(&["begin", "--activate-after", "1h", "--overlap", "2h"]);
+    assert!(ok && text.starts_with("trusting:"), "{text}");
+    let next = std::fs::read_to_string(dir.join("next-root-cert.pem")).unwrap();
+    let base = std::fs::read_to_string(dir.join("root-cert.pem")).unwrap();
+    // A later run (as after a restart) finds the same pending root.
+    let (ok, text) = step(&["status"]);
+    assert!(ok && text.starts_with("trusting:"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("next-root-cert.pem")).unwrap(),
+        next
+    );
+    let (ok, text) = step(&["begin"]);
+    assert!(!ok && text.contains("already in progress"), "{text}");
+    assert_eq!(text.trim_end().lines().count(), 1, "one line: {text}");
+    let (ok, text) = step(&["finish"]);
+    assert!(!ok && text.contains("does not sign yet"), "{text}");
+
+    let (ok, text) = step(&["advance"]);
+    assert!(ok && text.starts_with("signing:"), "{text}");
+    let (ok, text) = step(&["advance"]);
+    assert!(ok && text.starts_with("retired:"), "{text}");
+    let (ok, text) = step(&["finish"]);
+    assert!(ok && text.starts_with("no rotation"), "{text}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("root-cert.pem")).unwrap(),
+        next
+    );
+    assert_ne!(base, next);
+    assert!(!dir.join("next-root-cert.pem").exists());
+
+    let (ok, text) = step(&["sideways"]);
+    assert!(
+        !ok && text.contains("begin, advance, finish or status"),
+        "{text}"
+    );
+    let out = istiod(&["rotate-root", "status"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--state-dir"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
