@@ -5,6 +5,7 @@
 //! turns the store into a snapshot; the xDS server and the CA serve it.
 
 pub mod ca;
+pub mod crds;
 pub mod explain;
 pub mod features;
 pub mod istiod;

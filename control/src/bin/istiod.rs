@@ -252,6 +252,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             move |report| match report {
                 Report::Changed => feeder.mark_changed(),
                 Report::Rejected(err) => tracing::warn!(%err, "object rejected"),
+                Report::Unreadable { key, error } => {
+                    tracing::warn!(object = %key, %error, "object unreadable; left out")
+                }
                 Report::WatchFailed { kind, error } => {
                     tracing::warn!(?kind, %error, "watch failed; it re-lists")
                 }

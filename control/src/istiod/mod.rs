@@ -352,8 +352,10 @@ impl Istiod {
     /// cannot be read is logged and the roots in use are kept.
     pub fn follow_state_dir(&self, dir: std::path::PathBuf) {
         let ca = self.ca.clone();
+        // Taken now, not when the task first runs: a step written in between (the task may
+        // start late on a busy machine) would otherwise count as already seen, and be missed.
+        let mut seen = root_rotation::fingerprint(&dir);
         let task = tokio::spawn(async move {
-            let mut seen = root_rotation::fingerprint(&dir);
             loop {
                 tokio::time::sleep(STATE_DIR_POLL).await;
                 let now = root_rotation::fingerprint(&dir);
