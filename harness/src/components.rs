@@ -229,7 +229,14 @@ fn unpack(component: Component, xz: &Path) -> Result<PathBuf, ComponentError> {
         return Ok(target);
     }
     std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
-    let partial = dir.join(format!(".{}.{}", component.name(), std::process::id()));
+    // Unique per process and per call: tests of one binary unpack on parallel threads.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = dir.join(format!(
+        ".{}.{}.{call}",
+        component.name(),
+        std::process::id()
+    ));
     let file =
         std::fs::File::create(&partial).map_err(|e| fail(format!("{}: {e}", partial.display())))?;
     let status = Command::new("xz")
