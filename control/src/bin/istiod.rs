@@ -173,6 +173,8 @@ fn store_config(args: &Args) -> anyhow::Result<StoreConfig> {
         require_namespaces: !args.kube,
         // With a cluster, its own istiod deploys waypoints; from manifests, nothing else will.
         deploy_waypoints: !args.kube,
+        // With a cluster, its scheduler and kubelets place pods; from manifests, istiod does.
+        schedule: !args.kube,
         ..StoreConfig::default()
     };
     if let Some(cidr) = &args.service_cidr {

@@ -111,7 +111,8 @@ fn watch(client: &kube::Client, kind: Kind) -> Events {
 /// end (they do not, short of the client going away). The store should be created with
 /// `require_namespaces: false` (kinds arrive in no particular order) and
 /// `deploy_waypoints: false` (the cluster's istiod creates waypoint deployments, and they
-/// arrive here like any other object). FaultInjection needs our CRD in the cluster; without
+/// arrive here like any other object) and `schedule: false` (pods are placed, and addressed,
+/// by the cluster: a pod counts once its status names its node and address). FaultInjection needs our CRD in the cluster; without
 /// it that watch fails and re-lists with backoff (reported as `WatchFailed`) while every
 /// other kind works on.
 pub async fn run(client: kube::Client, store: Arc<Mutex<Store>>, mut report: impl FnMut(Report)) {

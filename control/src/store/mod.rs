@@ -58,6 +58,12 @@ pub struct StoreConfig {
     /// cluster creates the real ones and the watchers bring them in: invented ones would be
     /// pods with addresses nothing answers on, for as long as the real ones are missing.
     pub deploy_waypoints: bool,
+    /// Play the scheduler and the kubelets: each Deployment's pods exist, a pod without a node
+    /// or an address gets them from a Node's `podCIDR`, a Service without a `clusterIP` gets
+    /// one. On for manifests, where nothing else would; off with `--kube`, where the
+    /// cluster's controllers, scheduler and kubelets do it and their results arrive through
+    /// the watches: invented pods would be addresses nothing answers on.
+    pub schedule: bool,
 }
 
 impl Default for StoreConfig {
@@ -70,6 +76,7 @@ impl Default for StoreConfig {
                 length: 16,
             },
             deploy_waypoints: true,
+            schedule: true,
         }
     }
 }
@@ -240,7 +247,11 @@ impl Store {
 
     fn reschedule(&mut self) {
         let objects: Vec<&Object> = merge(self.declared.iter(), self.generated.iter()).collect();
-        self.schedule.reconcile(&objects, &self.config.service_cidr);
+        if self.config.schedule {
+            self.schedule.reconcile(&objects, &self.config.service_cidr);
+        } else {
+            self.schedule.as_reported(&objects);
+        }
     }
 
     /// Removes one declared object; deleting a Namespace removes everything in it, as

@@ -117,11 +117,13 @@ fn readiness(pod: &Pod) -> (bool, bool) {
 }
 
 impl Store {
-    /// Every pod in `(namespace, name)` order: Pod objects, and the pods of each Deployment
-    /// (unless a Pod object has the same name), with their placement.
+    /// Every pod in `(namespace, name)` order: Pod objects, and, when the store plays the
+    /// scheduler, the pods of each Deployment (unless a Pod object has the same name), with
+    /// their placement.
     pub fn pods(&self) -> Vec<PodView<'_>> {
         let mut pods: BTreeMap<(&str, String), PodView<'_>> = BTreeMap::new();
-        for deployment in self.deployments() {
+        let deployments = self.deployments().filter(|_| self.config.schedule);
+        for deployment in deployments {
             let namespace = deployment.metadata.namespace.as_deref().unwrap_or("");
             let template = deployment.spec.as_ref().map(|s| &s.template);
             let metadata = template.and_then(|t| t.metadata.as_ref());

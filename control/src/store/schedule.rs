@@ -182,6 +182,25 @@ impl Schedule {
         self.reconcile_services(objects, service_cidr);
     }
 
+    /// Takes placements only as the cluster reports them: a Pod with a node and an address
+    /// in its status is placed there; any other pod is pending; no Service gets an address
+    /// it does not state.
+    pub(crate) fn as_reported(&mut self, objects: &[&Object]) {
+        self.cluster_ips.clear();
+        self.placements.clear();
+        for object in objects {
+            if let Object::Pod(pod) = object
+                && let (Some(node), ips) = stated(pod)
+                && !ips.is_empty()
+            {
+                self.placements.insert(
+                    (object.namespace().to_string(), object.name().to_string()),
+                    Placement { node, ips },
+                );
+            }
+        }
+    }
+
     pub(crate) fn placement(&self, namespace: &str, name: &str) -> Option<&Placement> {
         self.placements
             .get(&(namespace.to_string(), name.to_string()))

@@ -205,3 +205,65 @@ fn headless_and_external_name_services_get_no_ip() {
     assert!(vip(&s, "h").is_empty());
     assert!(vip(&s, "x").is_empty());
 }
+
+/// With a live cluster (`istiod --kube`) the store invents nothing: a Deployment has no pods
+/// of its own making, a pod counts once its status names a node and an address (as the
+/// kubelet reports it), and a Service without a `clusterIP` gets none.
+#[test]
+fn fed_by_a_cluster_the_store_takes_placements_only_as_reported() {
+    let mut s = Store::new(control::store::StoreConfig {
+        schedule: false,
+        require_namespaces: false,
+        deploy_waypoints: false,
+        ..Default::default()
+    });
+    apply(
+        &mut s,
+        &format!(
+            r#"{BASE}
+---
+{}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: pending, namespace: shop, labels: {{app: echo}}}}
+spec: {{nodeName: node-a, containers: [{{name: c, image: i}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: running, namespace: shop, labels: {{app: echo}}}}
+spec: {{nodeName: node-b, containers: [{{name: c, image: i}}]}}
+status: {{phase: Running, podIP: 10.244.2.77}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: headless-ish, namespace: shop}}
+spec: {{selector: {{app: echo}}, ports: [{{port: 80}}]}}
+"#,
+            deployment("shop", "web", "", "web", "")
+        ),
+    );
+    let pods: BTreeMap<String, (Option<String>, Vec<IpAddr>)> = s
+        .pods()
+        .into_iter()
+        .map(|p| (p.name.clone(), (p.node.map(str::to_string), p.ips.clone())))
+        .collect();
+    assert!(
+        !pods.keys().any(|n| n.starts_with("web-")),
+        "a Deployment's pods were invented: {pods:?}"
+    );
+    assert_eq!(pods["pending"], (None, vec![]));
+    assert_eq!(
+        pods["running"],
+        (Some("node-b".into()), vec![ip("10.244.2.77")])
+    );
+    let snapshot = control::translate::snapshot(&s, &Default::default());
+    assert!(
+        snapshot.workloads.values().all(|w| w.name != "pending"),
+        "an unplaced pod became a workload"
+    );
+    assert!(
+        snapshot.services.values().all(|svc| svc.vips.is_empty()),
+        "a Service got an address the cluster did not give it"
+    );
+}

@@ -28,6 +28,17 @@ async fn pod_changes_in_the_api_are_pushed_over_ads() {
     let service = objects::service_key(NS, "echo");
     let pod_ip: IpAddr = "10.244.1.5".parse().unwrap();
     objects::pod(&admin, NS, "echo-0", NODE, "echo").await;
+    // Created, not yet reported by its kubelet: the Service is pushed, the pod is not a
+    // workload (istiod invents no address for it).
+    ads.wait(PUSH_LIMIT, |v| v.service(&service).is_some())
+        .await
+        .unwrap_or_else(|| panic!("the service never arrived: {}", describe(&ads.view())));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        ads.view().workload(NS, "echo-0").is_none(),
+        "a pod with no reported address was pushed: {}",
+        describe(&ads.view())
+    );
     objects::pod_running(&admin, NS, "echo-0", "10.244.1.5").await;
 
     let seen = ads
