@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use benches::CountingAlloc;
+use benches::{CountingAlloc, cluster_manifests};
 use control::ca::{CertificateAuthority, TokenSigner};
 use control::istiod::{self, ISTIOD_HOSTNAME, IstiodConfig, SharedStore};
 use control::snapshot::MeshConfig;
@@ -110,42 +110,9 @@ unsafe impl GlobalAlloc for Live {
     }
 }
 
-/// Manifests for `workloads` pods: 50 nodes, `workloads / 100` Deployments of 100 replicas in
-/// ten ambient namespaces, a Service per Deployment, a policy per namespace.
-fn manifests(workloads: usize) -> String {
-    let mut y = String::new();
-    for n in 0..50 {
-        y.push_str(&format!(
-            "apiVersion: v1\nkind: Node\nmetadata: {{name: node-{n:02}}}\nspec: {{podCIDR: 10.{}.{}.0/20}}\n---\n",
-            100 + n / 16,
-            (n % 16) * 16
-        ));
-    }
-    for ns in 0..10 {
-        y.push_str(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{ns}, labels: {{istio.io/dataplane-mode: ambient}}}}\n---\n"
-        ));
-        y.push_str(&format!(
-            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: same-namespace, namespace: ns{ns}}}\n\
-             spec: {{action: ALLOW, rules: [{{from: [{{source: {{namespaces: [ns{ns}]}}}}]}}]}}\n---\n"
-        ));
-    }
-    for d in 0..workloads / 100 {
-        let ns = d % 10;
-        y.push_str(&format!(
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: app{d}, namespace: ns{ns}}}\n\
-             spec: {{replicas: 100, selector: {{matchLabels: {{app: app{d}}}}}, template: {{metadata: {{labels: {{app: app{d}}}}}, \
-             spec: {{serviceAccountName: app{d}, containers: [{{name: c, image: i, ports: [{{containerPort: 8080}}]}}]}}}}}}\n---\n\
-             apiVersion: v1\nkind: Service\nmetadata: {{name: app{d}, namespace: ns{ns}}}\n\
-             spec: {{selector: {{app: app{d}}}, ports: [{{port: 80, targetPort: 8080}}]}}\n---\n"
-        ));
-    }
-    y
-}
-
 fn store(workloads: usize) -> Store {
     let mut store = Store::new(StoreConfig::default());
-    let loaded = parse_str(&manifests(workloads), "bench.yaml").expect("manifests parse");
+    let loaded = parse_str(&cluster_manifests(workloads), "bench.yaml").expect("manifests parse");
     apply_loaded(&mut store, loaded).expect("manifests apply");
     store
 }
@@ -235,11 +202,12 @@ fn push_compute(workloads: usize, streams: usize) -> Duration {
         .map(|_| {
             let mut stream = XdsStream::new(resources.clone());
             for type_url in control::xds::TYPE_URLS.iter().take(2) {
-                let _ = stream.on_request(DeltaDiscoveryRequest {
+                stream.on_request(DeltaDiscoveryRequest {
                     type_url: type_url.to_string(),
                     ..DeltaDiscoveryRequest::default()
                 });
             }
+            stream.responses();
             stream
         })
         .collect();
@@ -253,7 +221,8 @@ fn push_compute(workloads: usize, streams: usize) -> Duration {
     ));
     let mut responses = 0;
     for stream in &mut connected {
-        responses += stream.on_publish(encoded.clone()).len();
+        stream.on_publish(encoded.clone());
+        responses += stream.responses().len();
     }
     let took = start.elapsed();
     assert_eq!(responses, streams, "one Authorization response per ztunnel");

@@ -65,6 +65,41 @@ workloads:
     )
 }
 
+/// Manifests of a cluster of `workloads` pods, as a user would `kubectl apply` them: 50
+/// nodes, `workloads / 100` Deployments of 100 replicas in ten ambient namespaces, a Service
+/// per Deployment, a policy per namespace. Shared by the control-plane benchmarks, which load
+/// it into a store in-process or hand it to the `istiod` binary as its `--config-dir`.
+pub fn cluster_manifests(workloads: usize) -> String {
+    let mut y = String::new();
+    for n in 0..50 {
+        y.push_str(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: node-{n:02}}}\nspec: {{podCIDR: 10.{}.{}.0/20}}\n---\n",
+            100 + n / 16,
+            (n % 16) * 16
+        ));
+    }
+    for ns in 0..10 {
+        y.push_str(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{ns}, labels: {{istio.io/dataplane-mode: ambient}}}}\n---\n"
+        ));
+        y.push_str(&format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: same-namespace, namespace: ns{ns}}}\n\
+             spec: {{action: ALLOW, rules: [{{from: [{{source: {{namespaces: [ns{ns}]}}}}]}}]}}\n---\n"
+        ));
+    }
+    for d in 0..workloads / 100 {
+        let ns = d % 10;
+        y.push_str(&format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: app{d}, namespace: ns{ns}}}\n\
+             spec: {{replicas: 100, selector: {{matchLabels: {{app: app{d}}}}}, template: {{metadata: {{labels: {{app: app{d}}}}}, \
+             spec: {{serviceAccountName: app{d}, containers: [{{name: c, image: i, ports: [{{containerPort: 8080}}]}}]}}}}}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: app{d}, namespace: ns{ns}}}\n\
+             spec: {{selector: {{app: app{d}}}, ports: [{{port: 80, targetPort: 8080}}]}}\n---\n"
+        ));
+    }
+    y
+}
+
 fn state(yaml: &str) -> StateHandle {
     let mut state = State::default();
     LocalConfig::parse(yaml)

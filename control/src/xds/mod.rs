@@ -2,10 +2,11 @@
 //! as upstream istiod serves ztunnels (wire facts §1), and our own
 //! `ambient.waypoint.WaypointConfig` for waypoints that subscribe to it.
 
+mod held;
 mod resources;
 mod server;
 mod stream;
 
-pub use resources::{Published, PublishedResources, SharedResources, TYPE_URLS, resource};
+pub use resources::{Changes, Published, PublishedResources, SharedResources, TYPE_URLS, resource};
 pub use server::{AdsService, XdsStats};
-pub use stream::{MAX_CLIENT_TEXT, Received, XdsStream, capped};
+pub use stream::{MAX_CLIENT_TEXT, MAX_RESPONSE_BYTES, Received, XdsStream, capped};

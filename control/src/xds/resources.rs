@@ -10,6 +10,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use dataplane::xds::proto::envoy::service::discovery::v3::Resource;
+use dataplane::xds::proto::google::protobuf::Any;
 use dataplane::xds::{
     ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, WAYPOINT_TYPE_URL, authorization_to_proto,
     service_to_proto, workload_to_proto,
@@ -17,10 +18,13 @@ use dataplane::xds::{
 
 use crate::snapshot::Snapshot;
 
-/// One resource ready to send.
+/// One resource ready to send, encoded once and shared: a publish that keeps a resource keeps
+/// the same `Arc` (so a stream still diffing against an older publish costs that publish's
+/// map, not its resources), and its encoded body is `Bytes`, so every stream's responses hold
+/// a reference to the same bytes, never a copy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Published {
-    pub resource: Resource,
+    pub resource: Arc<Resource>,
 }
 
 /// Every resource of one publish, by type URL and name.
@@ -39,6 +43,35 @@ pub struct PublishedResources {
 pub struct Changes {
     pub since: u64,
     pub by_type: BTreeMap<&'static str, BTreeSet<String>>,
+}
+
+impl Changes {
+    /// What differs between `before` and the resources `now`, by version.
+    pub fn between(
+        before: &PublishedResources,
+        now: &BTreeMap<&'static str, BTreeMap<String, Published>>,
+    ) -> Changes {
+        Changes {
+            since: before.generation,
+            by_type: now
+                .iter()
+                .map(|(type_url, now)| {
+                    let empty = BTreeMap::new();
+                    let then = before.of(type_url).unwrap_or(&empty);
+                    let changed = now
+                        .iter()
+                        .filter(|(name, p)| {
+                            then.get(*name).map(|t| &t.resource.version)
+                                != Some(&p.resource.version)
+                        })
+                        .map(|(name, _)| name.clone())
+                        .chain(then.keys().filter(|name| !now.contains_key(*name)).cloned())
+                        .collect();
+                    (*type_url, changed)
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The type URLs served: the two ztunnels subscribe to, in the order they subscribe, then
@@ -61,17 +94,17 @@ fn alias(network: &str, ip: &IpAddr) -> String {
 pub fn resource(type_url: &str, name: String, aliases: Vec<String>, value: Vec<u8>) -> Published {
     let version = format!("{:016x}", fnv1a(&value));
     Published {
-        resource: Resource {
+        resource: Arc::new(Resource {
             version,
-            resource: Some(prost_types::Any {
+            resource: Some(Any {
                 type_url: type_url.to_string(),
-                value,
+                value: value.into(),
             }),
             name,
             aliases,
             ttl: None,
             cache_control: None,
-        },
+        }),
     }
 }
 
@@ -155,26 +188,7 @@ impl PublishedResources {
         by_type.insert(ADDRESS_TYPE_URL, addresses);
         by_type.insert(AUTHORIZATION_TYPE_URL, policies);
         by_type.insert(WAYPOINT_TYPE_URL, waypoints);
-        let changes = previous.map(|(_, before)| Changes {
-            since: before.generation,
-            by_type: by_type
-                .iter()
-                .map(|(type_url, now)| {
-                    let empty = BTreeMap::new();
-                    let then = before.of(type_url).unwrap_or(&empty);
-                    let changed = now
-                        .iter()
-                        .filter(|(name, p)| {
-                            then.get(*name).map(|t| &t.resource.version)
-                                != Some(&p.resource.version)
-                        })
-                        .map(|(name, _)| name.clone())
-                        .chain(then.keys().filter(|name| !now.contains_key(*name)).cloned())
-                        .collect();
-                    (*type_url, changed)
-                })
-                .collect(),
-        });
+        let changes = previous.map(|(_, before)| Changes::between(before, &by_type));
         PublishedResources {
             generation,
             by_type,

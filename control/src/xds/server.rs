@@ -1,12 +1,14 @@
 //! The Delta ADS gRPC service: one task per ztunnel stream, driving an [`XdsStream`] from the
-//! client's requests and from publishes.
+//! client's requests and from publishes, and computing each response only when the transport
+//! has taken the one before: a client that does not read holds one response in istiod, plus
+//! what HTTP/2 buffers on its way out, whatever the number of publishes meanwhile.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -102,29 +104,42 @@ fn record(stats: &XdsStats, node: &str, received: &Received) {
     }
 }
 
-/// Runs one stream until the client goes away or the response channel closes.
-async fn drive(
-    mut requests: Streaming<DeltaDiscoveryRequest>,
+/// How many computed responses wait for the transport, per stream: one. The next response
+/// is computed only once the transport has taken the one before, and the transport (tonic
+/// over hyper's HTTP/2) takes one only when the client's flow-control window has room, so
+/// the client's reading paces istiod's work and bounds what waits for it; see
+/// [`XdsStream`] for why nothing is lost by computing late.
+const RESPONSES_WAITING: usize = 1;
+
+/// Runs one stream until the client goes away or the response channel closes: requests and
+/// publishes are recorded as they come; a response is computed when the channel has room.
+async fn drive<R>(
+    mut requests: R,
     mut resources: watch::Receiver<SharedResources>,
     responses: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     stats: Arc<XdsStats>,
-) {
+) where
+    R: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin,
+{
     let mut stream = XdsStream::new(resources.borrow_and_update().clone());
     let mut publishes_open = true;
+    // Whether the stream may have something to send: set by every request and publish,
+    // cleared when it has nothing.
+    let mut pending = false;
     loop {
-        let outgoing = tokio::select! {
+        tokio::select! {
             biased;
-            request = requests.message() => match request {
-                Ok(Some(request)) => {
-                    let (response, received) = stream.on_request(request);
+            request = requests.next() => match request {
+                Some(Ok(request)) => {
+                    let received = stream.on_request(request);
                     record(&stats, stream.node().unwrap_or("unknown"), &received);
-                    response.into_iter().collect::<Vec<_>>()
+                    pending |= matches!(received, Received::Subscribed { .. });
                 }
-                Ok(None) => {
+                None => {
                     tracing::info!(node = stream.node().unwrap_or("unknown"), "xDS stream closed by the client");
                     break;
                 }
-                Err(status) => {
+                Some(Err(status)) => {
                     tracing::warn!(node = stream.node().unwrap_or("unknown"), error = %status.message(), "xDS stream failed");
                     break;
                 }
@@ -134,14 +149,20 @@ async fn drive(
                     publishes_open = false;
                     continue;
                 }
-                let latest = resources.borrow_and_update().clone();
-                stream.on_publish(latest)
+                stream.on_publish(resources.borrow_and_update().clone());
+                pending = true;
             }
-        };
-        for response in outgoing {
-            stats.responses_sent.fetch_add(1, Ordering::Relaxed);
-            if responses.send(Ok(response)).await.is_err() {
-                return;
+            permit = responses.reserve(), if pending => {
+                let Ok(permit) = permit else {
+                    return;
+                };
+                match stream.next_response() {
+                    Some(response) => {
+                        stats.responses_sent.fetch_add(1, Ordering::Relaxed);
+                        permit.send(Ok(response));
+                    }
+                    None => pending = false,
+                }
             }
         }
     }
@@ -170,7 +191,7 @@ impl AggregatedDiscoveryService for AdsService {
             authenticate(request.metadata(), tokens, self.clock.as_ref())
                 .inspect_err(|s| tracing::warn!(error = %s.message(), "xDS stream refused"))?;
         }
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, mut rx) = mpsc::channel(RESPONSES_WAITING);
         let stats = self.stats.clone();
         stats.streams_opened.fetch_add(1, Ordering::Relaxed);
         stats.streams_open.fetch_add(1, Ordering::Relaxed);
@@ -183,3 +204,7 @@ impl AggregatedDiscoveryService for AdsService {
         Ok(Response::new(Box::pin(out)))
     }
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use control::xds::{PublishedResources, Received, XdsStream};
-use dataplane::xds::proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Node};
+use dataplane::xds::proto::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node,
+};
 use dataplane::xds::proto::google::rpc::Status;
 use dataplane::xds::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 
@@ -29,6 +31,22 @@ fn subscribe(type_url: &str) -> DeltaDiscoveryRequest {
     }
 }
 
+/// `request` handled, then the stream's next response (as the server computes it once the
+/// transport can take it), and what the request was.
+fn ask(
+    stream: &mut XdsStream,
+    request: DeltaDiscoveryRequest,
+) -> (Option<DeltaDiscoveryResponse>, Received) {
+    let received = stream.on_request(request);
+    (stream.next_response(), received)
+}
+
+/// A publish, and every response it leads to.
+fn push(stream: &mut XdsStream, resources: Arc<PublishedResources>) -> Vec<DeltaDiscoveryResponse> {
+    stream.on_publish(resources);
+    stream.responses()
+}
+
 fn ack(type_url: &str, nonce: &str) -> DeltaDiscoveryRequest {
     DeltaDiscoveryRequest {
         type_url: type_url.into(),
@@ -42,7 +60,7 @@ fn both_types_are_answered_even_when_empty() {
     let empty = Arc::new(PublishedResources::encode(&Default::default(), 0));
     let mut stream = XdsStream::new(empty);
     for type_url in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL] {
-        let (response, received) = stream.on_request(subscribe(type_url));
+        let (response, received) = ask(&mut stream, subscribe(type_url));
         let response = response.expect("an initial response, even with nothing in it");
         assert!(response.resources.is_empty() && response.removed_resources.is_empty());
         assert_eq!(response.type_url, type_url);
@@ -61,7 +79,7 @@ fn both_types_are_answered_even_when_empty() {
 fn initial_push_has_everything_then_only_changes() {
     let first = published(&allow_only("cluster.local/ns/shop/sa/web"), 1);
     let mut stream = XdsStream::new(first.clone());
-    let (addresses, _) = stream.on_request(subscribe(ADDRESS_TYPE_URL));
+    let (addresses, _) = ask(&mut stream, subscribe(ADDRESS_TYPE_URL));
     let names: Vec<_> = addresses
         .unwrap()
         .resources
@@ -76,22 +94,22 @@ fn initial_push_has_everything_then_only_changes() {
             "shop/echo.shop.svc.cluster.local"
         ]
     );
-    let (policies, _) = stream.on_request(subscribe(AUTHORIZATION_TYPE_URL));
+    let (policies, _) = ask(&mut stream, subscribe(AUTHORIZATION_TYPE_URL));
     assert_eq!(policies.unwrap().resources[0].name, "shop/echo-policy");
 
     // The same content again: nothing to send.
-    assert!(stream.on_publish(first.clone()).is_empty());
+    assert!(push(&mut stream, first.clone()).is_empty());
 
     // Only the policy changed: one Authorization response with just it.
     let second = published(&allow_only("cluster.local/ns/shop/sa/other"), 2);
-    let pushes = stream.on_publish(second);
+    let pushes = push(&mut stream, second);
     assert_eq!(pushes.len(), 1);
     assert_eq!(pushes[0].type_url, AUTHORIZATION_TYPE_URL);
     assert_eq!(pushes[0].resources.len(), 1);
 
     // The policy is deleted: reported removed.
     let third = published("", 3);
-    let pushes = stream.on_publish(third);
+    let pushes = push(&mut stream, third);
     assert_eq!(pushes.len(), 1);
     assert_eq!(pushes[0].removed_resources, ["shop/echo-policy"]);
     assert!(pushes[0].resources.is_empty());
@@ -111,7 +129,7 @@ fn reconnect_with_versions_gets_only_what_changed_and_what_went() {
     let mut stream = XdsStream::new(current);
     let mut request = subscribe(ADDRESS_TYPE_URL);
     request.initial_resource_versions = versions;
-    let (response, _) = stream.on_request(request);
+    let (response, _) = ask(&mut stream, request);
     let response = response.unwrap();
     let sent: Vec<_> = response.resources.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(sent, ["Kubernetes//Pod/shop/web-0"]);
@@ -121,9 +139,9 @@ fn reconnect_with_versions_gets_only_what_changed_and_what_went() {
 #[test]
 fn acks_and_nacks_are_told_apart() {
     let mut stream = XdsStream::new(published("", 1));
-    let (response, _) = stream.on_request(subscribe(AUTHORIZATION_TYPE_URL));
+    let (response, _) = ask(&mut stream, subscribe(AUTHORIZATION_TYPE_URL));
     let nonce = response.unwrap().nonce;
-    let (none, received) = stream.on_request(ack(AUTHORIZATION_TYPE_URL, &nonce));
+    let (none, received) = ask(&mut stream, ack(AUTHORIZATION_TYPE_URL, &nonce));
     assert!(none.is_none());
     assert!(matches!(received, Received::Ack { .. }));
     let mut nack = ack(AUTHORIZATION_TYPE_URL, &nonce);
@@ -132,7 +150,7 @@ fn acks_and_nacks_are_told_apart() {
         message: "shop/p: unknown action 7".into(),
         details: Vec::new(),
     });
-    let (none, received) = stream.on_request(nack);
+    let (none, received) = ask(&mut stream, nack);
     assert!(none.is_none());
     assert_eq!(
         received,
@@ -142,7 +160,10 @@ fn acks_and_nacks_are_told_apart() {
             message: "shop/p: unknown action 7".into()
         }
     );
-    let (none, received) = stream.on_request(subscribe("type.googleapis.com/envoy.config.Cluster"));
+    let (none, received) = ask(
+        &mut stream,
+        subscribe("type.googleapis.com/envoy.config.Cluster"),
+    );
     assert!(none.is_none());
     assert!(matches!(received, Received::UnknownType { .. }));
 }
@@ -155,7 +176,7 @@ fn on_demand_keys_match_by_alias_and_unknown_keys_are_answered() {
     let mut request = subscribe(ADDRESS_TYPE_URL);
     request.resource_names_subscribe = vec!["*".into()];
     request.resource_names_unsubscribe = vec!["*".into()];
-    let (response, _) = stream.on_request(request);
+    let (response, _) = ask(&mut stream, request);
     assert!(
         response.unwrap().resources.is_empty(),
         "subscribed to nothing"
@@ -164,7 +185,7 @@ fn on_demand_keys_match_by_alias_and_unknown_keys_are_answered() {
     let mut demand = subscribe(ADDRESS_TYPE_URL);
     demand.node = None;
     demand.resource_names_subscribe = vec![format!("/{}", ip(net, 3)), "/10.9.9.9".into()];
-    let (response, _) = stream.on_request(demand);
+    let (response, _) = ask(&mut stream, demand);
     let response = response.unwrap();
     let sent: Vec<_> = response.resources.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(sent, ["Kubernetes//Pod/shop/echo-0"]);
@@ -204,7 +225,7 @@ fn waypoint_configs_go_to_waypoints_only() {
     // A ztunnel: the two upstream types, wildcard.
     let mut ztunnel = XdsStream::new(first.clone());
     for type_url in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL] {
-        let (response, _) = ztunnel.on_request(subscribe(type_url));
+        let (response, _) = ask(&mut ztunnel, subscribe(type_url));
         let response = response.unwrap();
         assert_eq!(response.type_url, type_url);
         assert!(
@@ -219,7 +240,7 @@ fn waypoint_configs_go_to_waypoints_only() {
     let mut waypoint = XdsStream::new(first);
     let mut request = subscribe(WAYPOINT_TYPE_URL);
     request.resource_names_subscribe = vec!["shop/waypoint".into()];
-    let (response, received) = waypoint.on_request(request);
+    let (response, received) = ask(&mut waypoint, request);
     assert_eq!(
         received,
         Received::Subscribed {
@@ -234,7 +255,7 @@ fn waypoint_configs_go_to_waypoints_only() {
     assert_eq!(resource.name, "shop/waypoint");
     let any = resource.resource.as_ref().unwrap();
     assert_eq!(any.type_url, WAYPOINT_TYPE_URL);
-    let config = WaypointConfig::decode(any.value.as_slice()).unwrap();
+    let config = WaypointConfig::decode(&any.value[..]).unwrap();
     assert_eq!(config.services[0].key, "shop/echo.shop.svc.cluster.local");
 
     // Only the waypoint configs change: the waypoint is told, the ztunnel is sent nothing.
@@ -245,8 +266,8 @@ fn waypoint_configs_go_to_waypoints_only() {
         ],
         2,
     );
-    assert!(ztunnel.on_publish(second.clone()).is_empty());
-    let updates = waypoint.on_publish(second);
+    assert!(push(&mut ztunnel, second.clone()).is_empty());
+    let updates = push(&mut waypoint, second);
     let [update] = updates.as_slice() else {
         panic!("one update: {updates:?}")
     };
@@ -282,25 +303,63 @@ fn incremental_pushes_match_full_diffs_and_a_stream_that_missed_one_catches_up()
     let subscribed = || {
         let mut stream = XdsStream::new(g1.clone());
         for type_url in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL] {
-            stream.on_request(subscribe(type_url));
+            ask(&mut stream, subscribe(type_url));
         }
         stream
     };
     // Up to date with every publish: each push carries exactly the change.
     let mut steady = subscribed();
-    let pushes = steady.on_publish(g2.clone());
+    let pushes = push(&mut steady, g2.clone());
     assert_eq!(pushes.len(), 1);
     assert_eq!(pushes[0].resources[0].name, "shop/echo-policy");
-    let pushes = steady.on_publish(g3.clone());
+    let pushes = push(&mut steady, g3.clone());
     assert_eq!(pushes[0].removed_resources, ["shop/echo-policy"]);
 
     // Missed generation 2: generation 3's changes are relative to 2, so it compares
     // everything and ends with the same state (the policy it holds is removed).
     let mut behind = subscribed();
-    let pushes = behind.on_publish(g3);
+    let pushes = push(&mut behind, g3);
     assert_eq!(pushes.len(), 1);
     assert_eq!(pushes[0].removed_resources, ["shop/echo-policy"]);
     assert!(pushes[0].resources.is_empty());
+}
+
+#[test]
+fn a_resource_is_encoded_once_and_shared_by_publishes_and_streams() {
+    let net = [10, 3, 3];
+    let first = snapshot(net, &allow_only("cluster.local/ns/shop/sa/web"));
+    let second = snapshot(net, &allow_only("cluster.local/ns/shop/sa/other"));
+    let g1 = Arc::new(PublishedResources::encode(&first, 1));
+    let g2 = Arc::new(PublishedResources::encode_since(
+        &second,
+        2,
+        Some((&first, &g1)),
+    ));
+    // The addresses did not change: the second publish holds the first one's, not a copy.
+    let (a1, a2) = (
+        &g1.of(ADDRESS_TYPE_URL).unwrap(),
+        &g2.of(ADDRESS_TYPE_URL).unwrap(),
+    );
+    assert!(!a1.is_empty());
+    for (name, p) in a1.iter() {
+        assert!(Arc::ptr_eq(&p.resource, &a2[name].resource), "{name}");
+    }
+    // Two streams, one before and one after the second publish, send the same bytes.
+    let body = |r: &dataplane::xds::proto::envoy::service::discovery::v3::Resource| {
+        r.resource.as_ref().map(|any| any.value.as_ptr())
+    };
+    let mut early = XdsStream::new(g1.clone());
+    let (sent_early, _) = ask(&mut early, subscribe(ADDRESS_TYPE_URL));
+    let mut late = XdsStream::new(g2.clone());
+    let (sent_late, _) = ask(&mut late, subscribe(ADDRESS_TYPE_URL));
+    let (sent_early, sent_late) = (sent_early.unwrap(), sent_late.unwrap());
+    assert_eq!(sent_early.resources.len(), a1.len());
+    for (x, y) in sent_early.resources.iter().zip(&sent_late.resources) {
+        assert_eq!(x.name, y.name);
+        assert!(body(x).is_some());
+        assert_eq!(body(x), body(y), "{}", x.name);
+        assert_eq!(body(x), body(&a1[&x.name].resource), "{}", x.name);
+    }
 }
 
 #[test]
@@ -326,23 +385,23 @@ fn a_subscribed_name_that_appears_later_is_sent_then() {
     let mut waypoint = XdsStream::new(publish(false, 1));
     let mut request = subscribe(WAYPOINT_TYPE_URL);
     request.resource_names_subscribe = vec!["shop/waypoint".into()];
-    let (response, _) = waypoint.on_request(request);
+    let (response, _) = ask(&mut waypoint, request);
     assert_eq!(response.unwrap().removed_resources, ["shop/waypoint"]);
     assert!(
-        waypoint.on_publish(publish(false, 2)).is_empty(),
+        push(&mut waypoint, publish(false, 2)).is_empty(),
         "absence is said once"
     );
     // The Gateway arrives: the configuration is sent without the client asking again.
-    let updates = waypoint.on_publish(publish(true, 3));
+    let updates = push(&mut waypoint, publish(true, 3));
     let [update] = updates.as_slice() else {
         panic!("one update: {updates:?}")
     };
     let names: Vec<_> = update.resources.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["shop/waypoint"]);
     // It goes away again: removed, once.
-    let updates = waypoint.on_publish(publish(false, 4));
+    let updates = push(&mut waypoint, publish(false, 4));
     assert_eq!(updates[0].removed_resources, ["shop/waypoint"]);
-    assert!(waypoint.on_publish(publish(false, 5)).is_empty());
+    assert!(push(&mut waypoint, publish(false, 5)).is_empty());
 }
 
 /// A NACK `error_detail` of `len` bytes: one ASCII byte, then two-byte characters, so a cut at
@@ -372,11 +431,11 @@ fn a_nack_keeps_only_the_capped_detail() {
     use control::xds::MAX_CLIENT_TEXT;
 
     let mut stream = XdsStream::new(published("", 1));
-    let (response, _) = stream.on_request(subscribe(AUTHORIZATION_TYPE_URL));
+    let (response, _) = ask(&mut stream, subscribe(AUTHORIZATION_TYPE_URL));
     let nonce = response.unwrap().nonce;
     let detail = huge_detail(3 << 20);
     let total = detail.len();
-    let (_, received) = stream.on_request(nack(AUTHORIZATION_TYPE_URL, &nonce, detail));
+    let (_, received) = ask(&mut stream, nack(AUTHORIZATION_TYPE_URL, &nonce, detail));
     let Received::Nack { message, .. } = received else {
         panic!("a NACK: {received:?}")
     };
@@ -401,7 +460,7 @@ fn a_nack_keeps_only_the_capped_detail() {
     let mut stream = XdsStream::new(published("", 1));
     let mut request = subscribe(AUTHORIZATION_TYPE_URL);
     request.node.as_mut().unwrap().id = "n".repeat(1 << 20);
-    stream.on_request(request);
+    ask(&mut stream, request);
     assert!(stream.node().unwrap().len() < MAX_CLIENT_TEXT + 64);
 }
 

@@ -37,7 +37,7 @@ impl WaypointSubscriber {
         for resource in &response.resources {
             let decoded = match &resource.resource {
                 Some(any) if any.type_url == WAYPOINT_TYPE_URL => {
-                    WaypointConfig::decode(any.value.as_slice())
+                    WaypointConfig::decode(&any.value[..])
                         .map_err(|e| format!("cannot decode: {e}"))
                 }
                 Some(any) => Err(format!(

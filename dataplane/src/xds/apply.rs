@@ -64,12 +64,12 @@ fn decode(type_url: &str, resource: &Resource) -> Result<Decoded, ConvertError> 
     }
     match type_url {
         ADDRESS_TYPE_URL => {
-            let message = workload_pb::Address::decode(any.value.as_slice())
+            let message = workload_pb::Address::decode(&any.value[..])
                 .map_err(|e| ConvertError(format!("cannot decode: {e}")))?;
             address_from_proto(message).map(Decoded::Address)
         }
         _ => {
-            let message = security_pb::Authorization::decode(any.value.as_slice())
+            let message = security_pb::Authorization::decode(&any.value[..])
                 .map_err(|e| ConvertError(format!("cannot decode: {e}")))?;
             authorization_from_proto(message).map(Decoded::Authorization)
         }
@@ -147,9 +147,9 @@ mod tests {
         Resource {
             name: name.into(),
             version: version.into(),
-            resource: Some(prost_types::Any {
+            resource: Some(crate::xds::proto::google::protobuf::Any {
                 type_url: type_url.into(),
-                value: body,
+                value: body.into(),
             }),
             ..Resource::default()
         }

@@ -49,6 +49,11 @@ pub mod proto {
         pub mod rpc {
             tonic::include_proto!("google.rpc");
         }
+        /// `Any` alone (its `value` as shared `Bytes`); the other well-known types are
+        /// prost-types'.
+        pub mod protobuf {
+            tonic::include_proto!("google.protobuf");
+        }
     }
 }
 

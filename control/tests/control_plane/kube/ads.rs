@@ -120,7 +120,7 @@ impl AdsClient {
                             let Some(any) = &resource.resource else {
                                 continue;
                             };
-                            let decoded = Address::decode(any.value.as_slice())
+                            let decoded = Address::decode(&any.value[..])
                                 .map_err(|e| e.to_string())
                                 .and_then(|a| address_from_proto(a).map_err(|e| e.0));
                             match decoded {
