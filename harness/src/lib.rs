@@ -22,6 +22,8 @@ mod at_exit;
 mod certs;
 pub mod components;
 pub mod kubeconfig;
+pub mod manifests;
+pub mod objects;
 pub mod ports;
 pub mod process;
 
