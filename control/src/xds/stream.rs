@@ -4,9 +4,12 @@
 //! Per type URL the stream remembers what the client holds (name → version). A new
 //! subscription starts from the client's `initial_resource_versions` and is always answered,
 //! even with nothing (ztunnel's readiness waits for both types); afterwards each publish sends
-//! only the difference. Wildcard subscriptions get everything; on-demand keys (`<network>/<ip>`
-//! or `<namespace>/<hostname>`) match a resource by name or alias, and a key that matches
-//! nothing is answered as removed so the client stops waiting.
+//! only the difference. A request that changes the subscription is answered too, an ACK or
+//! NACK that carries the change included (whatever its nonce), and a name subscribed again is
+//! sent again even if the client is believed to hold it, as Delta xDS requires. Wildcard
+//! subscriptions get everything; on-demand keys (`<network>/<ip>` or `<namespace>/<hostname>`)
+//! match a resource by name or alias, and a key that matches nothing is answered as removed so
+//! the client stops waiting.
 //!
 //! The same machine serves waypoints their `WaypointConfig` (by name `<namespace>/<name>`, or
 //! wildcard). Only subscribed types are ever sent, so a ztunnel, which subscribes to the two
@@ -224,47 +227,79 @@ impl XdsStream {
                 },
             );
         }
-        if !request.response_nonce.is_empty() {
-            let nonce = capped(request.response_nonce, MAX_CLIENT_TEXT);
+        let DeltaDiscoveryRequest {
+            resource_names_subscribe: subscribe,
+            resource_names_unsubscribe: unsubscribe,
+            initial_resource_versions: initial,
+            response_nonce: nonce,
+            error_detail,
+            ..
+        } = request;
+        let changes = !subscribe.is_empty() || !unsubscribe.is_empty();
+        let received = if nonce.is_empty() {
+            Received::Subscribed {
+                type_url: type_url.clone(),
+            }
+        } else {
+            let nonce = capped(nonce, MAX_CLIENT_TEXT);
             // Only the capped message outlives this call; the status (and its `details`)
             // goes with the request.
-            return match request.error_detail {
-                Some(status) => (
-                    None,
-                    Received::Nack {
-                        type_url,
-                        nonce,
-                        message: capped(status.message, MAX_CLIENT_TEXT),
-                    },
-                ),
-                None => (None, Received::Ack { type_url, nonce }),
-            };
+            match error_detail {
+                Some(status) => Received::Nack {
+                    type_url: type_url.clone(),
+                    nonce,
+                    message: capped(status.message, MAX_CLIENT_TEXT),
+                },
+                None => Received::Ack {
+                    type_url: type_url.clone(),
+                    nonce,
+                },
+            }
+        };
+        // An ACK or NACK is answered only when it also changes the subscription: Delta xDS
+        // lets any request carry subscription changes, ACKs included (Envoy sends them that
+        // way), and whatever its nonce pairs it with, what the client asks for stands.
+        if !matches!(received, Received::Subscribed { .. }) && !changes {
+            return (None, received);
         }
         let first = !self.subscriptions.contains_key(&type_url);
         let sub = self.subscriptions.entry(type_url.clone()).or_default();
         if first {
-            sub.wildcard = request.resource_names_subscribe.is_empty()
-                || request.resource_names_subscribe.iter().any(|n| n == "*");
-            sub.sent = request.initial_resource_versions.into_iter().collect();
+            sub.wildcard = subscribe.is_empty() || subscribe.iter().any(|n| n == "*");
+            sub.sent = initial.into_iter().collect();
         }
-        for name in request.resource_names_subscribe {
+        for name in &subscribe {
             if name != "*" {
-                sub.keys.insert(name);
+                sub.keys.insert(name.clone());
             }
         }
         // What the client wants changed: compare everything on the next diff.
         sub.synced = None;
-        for name in &request.resource_names_unsubscribe {
+        for name in &unsubscribe {
             if name == "*" {
                 sub.wildcard = false;
             } else {
                 sub.keys.remove(name);
             }
         }
-        (
-            self.diff(&type_url, true),
-            Received::Subscribed { type_url },
-        )
+        if !first {
+            // Every name subscribed is answered, even one the client is believed to hold:
+            // it may have dropped it and asked again before its unsubscribe arrived (Delta
+            // xDS says the server must). A key nothing answers is said absent again.
+            let current = self.resources.of(&type_url);
+            for key in subscribe.iter().filter(|k| sub.keys.contains(*k)) {
+                sub.absent.remove(key);
+                sub.sent.remove(key);
+                let aliased = current
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, p)| p.resource.aliases.iter().any(|a| a == key));
+                for (name, _) in aliased {
+                    sub.sent.remove(name);
+                }
+            }
+        }
+        (self.diff(&type_url, true), received)
     }
 
     /// A new publish: the responses for every subscribed type that changed.
@@ -275,5 +310,77 @@ impl XdsStream {
         self.resources = resources;
         let types: Vec<String> = self.subscriptions.keys().cloned().collect();
         types.iter().filter_map(|t| self.diff(t, false)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::resources::resource;
+    use dataplane::xds::ADDRESS_TYPE_URL;
+
+    /// Workload `w` with address alias `net/10.0.0.1`, published once.
+    fn stream() -> XdsStream {
+        let w = resource(
+            ADDRESS_TYPE_URL,
+            "w".into(),
+            vec!["net/10.0.0.1".into()],
+            vec![1],
+        );
+        let by_type = [(ADDRESS_TYPE_URL, [("w".to_string(), w)].into())].into();
+        XdsStream::new(Arc::new(PublishedResources {
+            generation: 1,
+            by_type,
+            changes: None,
+        }))
+    }
+
+    fn request(nonce: &str, subscribe: &[&str]) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: ADDRESS_TYPE_URL.into(),
+            resource_names_subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+            response_nonce: nonce.into(),
+            ..DeltaDiscoveryRequest::default()
+        }
+    }
+
+    fn names(response: &DeltaDiscoveryResponse) -> Vec<&str> {
+        response.resources.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    /// Found by `fuzz_xds_stream`: an ACK that also subscribes (Envoy sends them so) had its
+    /// subscription dropped, and the client waited for a resource that never came.
+    #[test]
+    fn an_ack_carrying_a_subscription_is_answered() {
+        let mut stream = stream();
+        let (first, _) = stream.on_request(request("", &["nothing"]));
+        let nonce = first.unwrap().nonce;
+        let (response, received) = stream.on_request(request(&nonce, &["net/10.0.0.1"]));
+        assert!(matches!(received, Received::Ack { .. }));
+        assert_eq!(names(&response.unwrap()), ["w"]);
+        // A stale nonce, or one never sent, pairs with nothing; the subscription stands.
+        let (response, _) = stream.on_request(request("999", &["w"]));
+        assert_eq!(names(&response.unwrap()), ["w"]);
+        let (none, _) = stream.on_request(request(&nonce, &[]));
+        assert!(none.is_none(), "a plain ACK is not answered");
+    }
+
+    /// Delta xDS: a name subscribed again is sent again, even though the client is believed
+    /// to hold it (it may have dropped it before its unsubscribe arrived).
+    #[test]
+    fn a_name_subscribed_again_is_sent_again() {
+        let mut stream = stream();
+        let (response, _) = stream.on_request(request("", &["w"]));
+        assert_eq!(names(&response.unwrap()), ["w"]);
+        let (response, _) = stream.on_request(request("", &["net/10.0.0.1"]));
+        assert_eq!(names(&response.unwrap()), ["w"]);
+        let (response, _) = stream.on_request(request("", &["nothing"]));
+        assert_eq!(response.unwrap().removed_resources, ["nothing"]);
+        let (response, _) = stream.on_request(request("", &["nothing"]));
+        assert_eq!(
+            response.unwrap().removed_resources,
+            ["nothing"],
+            "absent, said again"
+        );
     }
 }

@@ -11,6 +11,8 @@
 //! Unlike xDS, local config does not default `trustDomain` or `serviceAccount`: empty strings
 //! are kept as written (our [`Workload::identity`] then applies the usual defaults).
 
+#[cfg(test)]
+mod fuzz;
 mod shape;
 #[cfg(test)]
 mod tests;
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use crate::policy::Authorization;
 use crate::state::{Service, State, Workload};
+use crate::yaml_depth::{MAX_DEPTH, too_deep};
 
 use shape::RawConfig;
 
@@ -97,6 +100,17 @@ impl LocalConfig {
     /// Parses and validates a local config given inline (upstream's `LOCAL_XDS`). An empty
     /// document is an empty config.
     pub fn parse(yaml: &str) -> Result<Self, LocalConfigError> {
+        // The YAML parser's time grows with the square of the nesting: what no local config
+        // needs is refused before it runs.
+        if let Some(deep) = too_deep(yaml, MAX_DEPTH) {
+            return Err(LocalConfigError::Invalid {
+                path: None,
+                message: format!(
+                    "line {}: nested more than {MAX_DEPTH} levels deep; refused before parsing",
+                    deep.line
+                ),
+            });
+        }
         // serde_yaml reads an empty document (or one with only comments) as null.
         let raw: Option<RawConfig> = serde_yaml::from_str(yaml)
             .map_err(|error| LocalConfigError::Yaml { path: None, error })?;
