@@ -24,8 +24,8 @@ mod certs;
 pub mod components;
 pub mod kubeconfig;
 pub mod manifests;
-pub mod objects;
 pub mod netns;
+pub mod objects;
 pub mod ports;
 pub mod process;
 
