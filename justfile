@@ -6,6 +6,9 @@ sim *ARGS:
 test:
     cargo test --workspace
 
+robustness *ARGS:
+    cargo robustness {{ARGS}}
+
 bench:
     cargo bench -p benches
 
