@@ -17,7 +17,7 @@ pub mod seams;
 pub mod state;
 pub mod waypoint;
 pub mod xds;
-pub mod yaml_depth;
+pub mod yaml_shape;
 pub mod ztunnel;
 
 pub use listeners::{

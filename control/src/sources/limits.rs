@@ -1,9 +1,9 @@
 //! Limits on configuration input, checked on the raw text before the YAML parser sees it:
-//! its size here, its nesting by [`dataplane::yaml_depth`] (the ztunnel's local config is
-//! held to the same).
+//! its size here, its nesting and nodes per document by [`dataplane::yaml_shape`] (the
+//! ztunnel's local config is held to the same).
 
-pub use dataplane::yaml_depth::MAX_DEPTH;
-pub(super) use dataplane::yaml_depth::too_deep;
+pub use dataplane::yaml_shape::{MAX_DEPTH, MAX_NODES};
+pub(super) use dataplane::yaml_shape::{Oversized, oversized};
 
 /// The largest file (or stdin) read as configuration: 64 MiB. Checked on the file's size
 /// before it is read, and again while reading. At ~275 bytes of YAML per Pod that is some

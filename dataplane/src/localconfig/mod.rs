@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use crate::policy::Authorization;
 use crate::state::{Service, State, Workload};
-use crate::yaml_depth::{MAX_DEPTH, too_deep};
+use crate::yaml_shape::{MAX_DEPTH, MAX_NODES, Oversized, oversized};
 
 use shape::RawConfig;
 
@@ -100,15 +100,20 @@ impl LocalConfig {
     /// Parses and validates a local config given inline (upstream's `LOCAL_XDS`). An empty
     /// document is an empty config.
     pub fn parse(yaml: &str) -> Result<Self, LocalConfigError> {
-        // The YAML parser's time grows with the square of the nesting: what no local config
-        // needs is refused before it runs.
-        if let Some(deep) = too_deep(yaml, MAX_DEPTH) {
+        // The YAML parser's time grows with the square of the nesting, and its memory with
+        // the nodes: what no local config needs is refused before it runs.
+        if let Some(refused) = oversized(yaml, MAX_DEPTH, MAX_NODES) {
+            let message = match refused {
+                Oversized::Deep { line } => format!(
+                    "line {line}: nested more than {MAX_DEPTH} levels deep; refused before parsing"
+                ),
+                Oversized::Many { line } => {
+                    format!("line {line}: more than {MAX_NODES} YAML nodes; refused before parsing")
+                }
+            };
             return Err(LocalConfigError::Invalid {
                 path: None,
-                message: format!(
-                    "line {}: nested more than {MAX_DEPTH} levels deep; refused before parsing",
-                    deep.line
-                ),
+                message,
             });
         }
         // serde_yaml reads an empty document (or one with only comments) as null.

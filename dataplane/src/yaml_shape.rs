@@ -1,20 +1,33 @@
-//! How deeply a YAML text nests, found on the raw text before a YAML parser sees it: shared
-//! by everything here that reads YAML a person wrote (the ztunnel's local config, istiod's
-//! configuration sources).
+//! The shape of a YAML text — how deeply it nests and how many nodes it holds — found on the
+//! raw text before a YAML parser sees it: shared by everything here that reads YAML a person
+//! wrote (the ztunnel's local config, istiod's configuration sources).
 //!
-//! libyaml (under serde_yaml) takes time quadratic in the nesting of flow collections: 100,000
-//! nested `[` took 22–41 s before serde_yaml's recursion limit refused them. So each document
-//! is first scanned once, linearly, for how deeply it nests, and refused past [`MAX_DEPTH`].
-//! The scan follows libyaml's scanner where it decides nesting (indentation of block
-//! collections, `[`/`{` outside scalars and comments, where scalars start and end), so a
-//! bracket inside a quoted string or a block scalar is not counted and one that opens a
-//! collection is never missed. Where the two could disagree, libyaml stops with a syntax
-//! error at that point anyway, so the scan never lets a deeper document through.
+//! Two costs of parsing grow faster than the text: libyaml (under serde_yaml) takes time
+//! quadratic in the nesting of flow collections (100,000 nested `[` took 22–41 s before
+//! serde_yaml's recursion limit refused them), and a parsed `serde_yaml::Value` takes some
+//! 200 bytes a node whatever the text's size (8 MiB of `[1,1,…]` is 4 million nodes, near
+//! 1 GB). So each document is first scanned once, linearly, and refused past [`MAX_DEPTH`]
+//! levels or [`MAX_NODES`] nodes. The scan follows libyaml's scanner where it decides
+//! nesting (indentation of block collections, `[`/`{` outside scalars and comments, where
+//! scalars start and end), so a bracket inside a quoted string or a block scalar is not
+//! counted and one that opens a collection is never missed. Where the two could disagree,
+//! libyaml stops with a syntax error at that point anyway, so the scan never lets a deeper
+//! document through. Nodes are counted from the tokens that make one (a scalar, an alias,
+//! a collection's start (block or flow), a block sequence entry or a mapping's key or value
+//! indicator, each of which may stand for an empty node): never fewer
+//! than the parser makes, but for aliases, which count once (serde_yaml bounds how far they
+//! expand itself).
 
 /// The deepest nesting of collections (mappings and sequences, block or flow) accepted in a
 /// document: 64. Kubernetes objects nest a dozen levels at most (a Deployment's container
 /// ports are at depth 8); serde_yaml itself gives up at 128.
 pub const MAX_DEPTH: usize = 64;
+
+/// The most nodes (scalars, aliases, collections, as counted) accepted in one document:
+/// 1,000,000, at most some 200 MB once parsed. A Kubernetes object has tens to hundreds; a
+/// `List` of 10,000 small pods fits. Larger inputs are split into documents, each parsed and
+/// dropped in turn.
+pub const MAX_NODES: usize = 1_000_000;
 
 /// Where a document first nests deeper than allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,9 +36,29 @@ pub struct TooDeep {
     pub line: usize,
 }
 
+/// Why a document is refused before parsing, and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Oversized {
+    /// Nested deeper than the limit, first at this 1-based line.
+    Deep { line: usize },
+    /// More nodes than the limit, the one past it at this 1-based line.
+    Many { line: usize },
+}
+
 /// Scans one YAML document (or a stream of them) and returns where it first nests deeper
 /// than `max` levels, if it does. Linear in the length of `text`, and stops at that point.
 pub fn too_deep(text: &str, max: usize) -> Option<TooDeep> {
+    match oversized(text, max, usize::MAX) {
+        Some(Oversized::Deep { line }) => Some(TooDeep { line }),
+        _ => None,
+    }
+}
+
+/// Scans one YAML document and returns where it first nests deeper than `max_depth` levels
+/// or holds more than `max_nodes` nodes, if it does. Linear in the length of `text`, and
+/// stops at that point. Document markers (`---`) do not reset the count: split a stream
+/// into documents first.
+pub fn oversized(text: &str, max_depth: usize, max_nodes: usize) -> Option<Oversized> {
     let mut scan = Scan {
         b: text.as_bytes(),
         i: 0,
@@ -35,7 +68,9 @@ pub fn too_deep(text: &str, max: usize) -> Option<TooDeep> {
         flow: 0,
         key: None,
         key_allowed: true,
-        max,
+        max: max_depth,
+        nodes: 0,
+        max_nodes,
     };
     scan.run().err()
 }
@@ -55,6 +90,9 @@ struct Scan<'a> {
     key: Option<(usize, usize)>,
     key_allowed: bool,
     max: usize,
+    /// Nodes begun so far, and how many are allowed.
+    nodes: usize,
+    max_nodes: usize,
 }
 
 impl Scan<'_> {
@@ -129,17 +167,27 @@ impl Scan<'_> {
             && self.is_blankz_at(3)
     }
 
-    fn check(&self) -> Result<(), TooDeep> {
+    fn check(&self) -> Result<(), Oversized> {
         if self.indents.len() + self.flow > self.max {
-            return Err(TooDeep { line: self.line });
+            return Err(Oversized::Deep { line: self.line });
+        }
+        Ok(())
+    }
+
+    /// One more node begins here.
+    fn node(&mut self) -> Result<(), Oversized> {
+        self.nodes += 1;
+        if self.nodes > self.max_nodes {
+            return Err(Oversized::Many { line: self.line });
         }
         Ok(())
     }
 
     /// A block collection starting at `column`, unless one is open there already.
-    fn roll(&mut self, column: usize) -> Result<(), TooDeep> {
+    fn roll(&mut self, column: usize) -> Result<(), Oversized> {
         if self.flow == 0 && self.indents.last().is_none_or(|&top| column > top) {
             self.indents.push(column);
+            self.node()?;
             self.check()?;
         }
         Ok(())
@@ -184,7 +232,7 @@ impl Scan<'_> {
         }
     }
 
-    fn run(&mut self) -> Result<(), TooDeep> {
+    fn run(&mut self) -> Result<(), Oversized> {
         loop {
             self.skip_to_token();
             if self.eof() {
@@ -211,6 +259,7 @@ impl Scan<'_> {
             }
             match c {
                 b'[' | b'{' => {
+                    self.node()?;
                     self.save_key();
                     self.flow += 1;
                     self.check()?;
@@ -229,18 +278,22 @@ impl Scan<'_> {
                     self.advance();
                 }
                 b'-' if self.is_blankz_at(1) => {
+                    self.node()?;
                     self.roll(self.col)?;
                     self.key = None;
                     self.key_allowed = true;
                     self.advance();
                 }
                 b'?' if self.flow > 0 || self.is_blankz_at(1) => {
+                    self.node()?;
                     self.roll(self.col)?;
                     self.key = None;
                     self.key_allowed = self.flow == 0;
                     self.advance();
                 }
                 b':' if self.flow > 0 || self.is_blankz_at(1) => {
+                    // The value, which may be empty (a null).
+                    self.node()?;
                     let column = self.key.map_or(self.col, |(_, column)| column);
                     self.roll(column)?;
                     self.key = None;
@@ -248,6 +301,9 @@ impl Scan<'_> {
                     self.advance();
                 }
                 b'*' | b'&' => {
+                    if c == b'*' {
+                        self.node()?;
+                    }
                     self.save_key();
                     self.key_allowed = false;
                     self.advance();
@@ -261,16 +317,19 @@ impl Scan<'_> {
                     self.tag();
                 }
                 b'|' | b'>' if self.flow == 0 => {
+                    self.node()?;
                     self.key = None;
                     self.key_allowed = true;
                     self.block_scalar();
                 }
                 b'\'' | b'"' => {
+                    self.node()?;
                     self.save_key();
                     self.key_allowed = false;
                     self.quoted(c);
                 }
                 _ => {
+                    self.node()?;
                     self.save_key();
                     self.key_allowed = false;
                     self.plain();
@@ -535,5 +594,62 @@ mod tests {
         assert!(start.elapsed() < std::time::Duration::from_secs(1));
         let lines: String = (0..200).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
         assert_eq!(too_deep(&lines, 64), Some(TooDeep { line: 65 }));
+    }
+
+    /// Nodes of a parsed value: itself and everything in it, keys included.
+    fn parsed_nodes(value: &serde_yaml::Value) -> usize {
+        use serde_yaml::Value;
+        1 + match value {
+            Value::Sequence(items) => items.iter().map(parsed_nodes).sum(),
+            Value::Mapping(map) => map
+                .iter()
+                .map(|(k, v)| parsed_nodes(k) + parsed_nodes(v))
+                .sum(),
+            Value::Tagged(tagged) => parsed_nodes(&tagged.value) - 1,
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn nodes_are_never_undercounted() {
+        let samples = [
+            "a: 1\nb: [1, 2, {c: d}]\n",
+            "- 1\n-\n- - x\n  - 'y'\n- \"z\"\n",
+            "? complex\n: value\nlist:\n- {a: [], b: {}}\n",
+            "text: |\n  a block\n  scalar\nfolded: >\n  x\nempty:\n",
+            "[1, [2, [3, [4]]], {a: 1, b: [x, y]}, '', \"\"]\n",
+            "!!map {a: !!str 1}\n",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-0\n  labels: {app: web}\n\
+             spec:\n  containers:\n  - name: app\n    ports:\n    - containerPort: 8080\n",
+        ];
+        for text in samples {
+            let value: serde_yaml::Value = serde_yaml::from_str(text).unwrap();
+            let nodes = parsed_nodes(&value);
+            assert!(
+                oversized(text, MAX_DEPTH, nodes - 1).is_some(),
+                "{text:?}: the scan counted fewer than the parser's {nodes} nodes"
+            );
+            assert_eq!(oversized(text, MAX_DEPTH, 2 * nodes + 2), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn many_nodes_are_refused_in_linear_time_before_parsing() {
+        // 8 MiB of a flat list: four million nodes, near 1 GB once parsed.
+        let text = format!("a: [{}1]\n", "1,".repeat(4 << 20));
+        let start = std::time::Instant::now();
+        assert_eq!(
+            oversized(&text, MAX_DEPTH, MAX_NODES),
+            Some(Oversized::Many { line: 1 })
+        );
+        let lines = "- x\n".repeat(MAX_NODES);
+        assert!(matches!(
+            oversized(&lines, MAX_DEPTH, MAX_NODES),
+            Some(Oversized::Many { line }) if line <= MAX_NODES / 2 + 1
+        ));
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        // A pod is tens of nodes.
+        let pod = "kind: Pod\nmetadata: {name: a, labels: {app: a}}\nspec: {nodeName: n}\n";
+        assert_eq!(oversized(pod, MAX_DEPTH, 40), None);
     }
 }
