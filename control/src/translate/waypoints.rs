@@ -238,7 +238,7 @@ pub fn auto_allow_policies(
             let accounts: BTreeSet<&str> = pods
                 .get(&(namespace.to_string(), name.to_string()))?
                 .iter()
-                .map(|(sa, _)| sa.as_str())
+                .map(|pod| pod.service_account.as_str())
                 .collect();
             let principals = accounts
                 .iter()
@@ -266,19 +266,25 @@ pub fn auto_allow_policies(
         .collect()
 }
 
+/// One live pod of a waypoint: the identity it runs as and where.
+struct WaypointPod {
+    service_account: String,
+    node: Option<String>,
+}
+
 /// The live pods of each waypoint (labelled `gateway.networking.k8s.io/gateway-name`, as
-/// upstream finds them) as (service account, node), by (namespace, gateway name).
-fn waypoint_pods(store: &Store) -> BTreeMap<(String, String), Vec<(String, Option<String>)>> {
-    let mut found: BTreeMap<(String, String), Vec<(String, Option<String>)>> = BTreeMap::new();
+/// upstream finds them), by (namespace, gateway name).
+fn waypoint_pods(store: &Store) -> BTreeMap<(String, String), Vec<WaypointPod>> {
+    let mut found: BTreeMap<(String, String), Vec<WaypointPod>> = BTreeMap::new();
     for pod in store.pods().iter().filter(|p| !p.terminated) {
         if let Some(gateway) = pod.labels.get(GATEWAY_NAME) {
             found
                 .entry((pod.namespace.to_string(), gateway.clone()))
                 .or_default()
-                .push((
-                    pod.service_account().to_string(),
-                    pod.node.map(str::to_string),
-                ));
+                .push(WaypointPod {
+                    service_account: pod.service_account().to_string(),
+                    node: pod.node.map(str::to_string),
+                });
         }
     }
     found
@@ -292,11 +298,10 @@ pub fn proxies(store: &Store, mesh: &MeshConfig) -> BTreeMap<String, WaypointPro
     let mut proxies: BTreeMap<String, WaypointProxies> = BTreeMap::new();
     for ((namespace, gateway), pods) in waypoint_pods(store) {
         let entry = proxies.entry(format!("{namespace}/{gateway}")).or_default();
-        for (account, node) in pods {
-            entry
-                .identities
-                .insert(Identity::new(&mesh.trust_domain, &namespace, &account).to_string());
-            entry.nodes.extend(node);
+        for pod in pods {
+            let identity = Identity::new(&mesh.trust_domain, &namespace, &pod.service_account);
+            entry.identities.insert(identity.to_string());
+            entry.nodes.extend(pod.node);
         }
     }
     proxies
