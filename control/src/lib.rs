@@ -8,6 +8,10 @@ pub mod ca;
 pub mod crds;
 pub mod explain;
 pub mod features;
+// The fuzz targets' shared helpers: test code, so included by path rather than exported.
+#[cfg(test)]
+#[path = "../../dataplane/src/fuzzing.rs"]
+pub(crate) mod fuzzing;
 pub mod istiod;
 pub mod listener;
 pub mod mesh_config;

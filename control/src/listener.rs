@@ -21,6 +21,10 @@ use dataplane::{Admitted, IdleLimit, ListenerCap, REFUSAL_LOG_INTERVAL};
 
 type Closed = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// What every HTTP/2 client sends first: the 24-byte connection preface and the header of
+/// the SETTINGS frame that must follow it (RFC 9113, section 3.4).
+const HTTP2_PREFACE_BYTES: usize = 24 + 9;
+
 /// One accepted (and, on the TLS port, handshaken) connection. It fails every read and write
 /// once the server is stopped, so a stopped istiod really drops its streams (as a crashed one
 /// would) instead of leaving them to tonic's connection tasks.
@@ -165,11 +169,15 @@ pub fn incoming(
                         Some(acceptor) => Box::new(acceptor.accept(accepted.stream).await?),
                         None => accepted.stream,
                     };
-                    // A client that connects (or finishes TLS) and never sends its HTTP/2
-                    // preface is dropped at the handshake timeout, not kept forever;
+                    // A client that connects (or finishes TLS) and does not send its whole
+                    // HTTP/2 preface within the handshake timeout (silent, a few bytes and
+                    // then nothing, or a byte a second) is dropped rather than kept forever;
                     // established xDS streams may then idle as long as they like.
-                    let stream: BoxStream =
-                        Box::new(IdleLimit::until_first_read(stream, handshake_timeout));
+                    let stream: BoxStream = Box::new(IdleLimit::until_preface(
+                        stream,
+                        handshake_timeout,
+                        HTTP2_PREFACE_BYTES,
+                    ));
                     io::Result::Ok(GrpcConnection {
                         stream,
                         peer,

@@ -2,7 +2,7 @@
 //! with. Translation produces a [`Snapshot`] from the store; the xDS server diffs each
 //! ztunnel's stream against the newest one, so only what changed is pushed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use dataplane::policy::Authorization;
 use dataplane::state::{Service, Workload};
@@ -23,6 +23,20 @@ pub struct Snapshot {
     /// Each waypoint's L7 configuration, by `<namespace>/<gateway name>`; served only to
     /// streams that subscribe to `WAYPOINT_TYPE_URL`.
     pub waypoints: BTreeMap<String, WaypointConfig>,
+    /// Who may be sent each of `waypoints`, by the same key: a configuration lists every
+    /// policy and Service behind its waypoint, so it goes to that waypoint only.
+    pub waypoint_proxies: BTreeMap<String, WaypointProxies>,
+}
+
+/// The callers that act as one waypoint: the identities its pods run as (a waypoint's own
+/// token), and the nodes they run on (a node proxy's token, which may be issued those
+/// identities by the CA anyway).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WaypointProxies {
+    /// SPIFFE identities (`spiffe://<trust domain>/ns/<ns>/sa/<sa>`).
+    pub identities: BTreeSet<String>,
+    /// Node names.
+    pub nodes: BTreeSet<String>,
 }
 
 /// Mesh-wide settings: upstream's mesh config and istiod flags that translation depends on.

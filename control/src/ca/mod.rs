@@ -2,6 +2,8 @@
 //! the root it signs with (rotated with an overlap).
 
 mod authority;
+#[cfg(test)]
+mod fuzz;
 mod service;
 mod token;
 

@@ -85,7 +85,9 @@ impl TokenSigner {
         let claims = Claims {
             node: node.to_string(),
             identity: identity.map(Identity::to_string),
-            exp: seconds(now + ttl),
+            // A lifetime past what a clock can hold (`--token-ttl` is the operator's) never
+            // expires, rather than panicking.
+            exp: now.checked_add(ttl).map_or(u64::MAX, seconds),
         };
         // Serializing a struct of strings and an integer cannot fail.
         let payload = serde_json::to_vec(&claims).unwrap_or_default();

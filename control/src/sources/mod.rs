@@ -3,6 +3,8 @@
 //! same [`Store`](crate::store::Store) through its `apply`/`delete`, so translation never
 //! knows which one it was.
 
+#[cfg(test)]
+mod fuzz;
 pub mod kube;
 mod limits;
 mod yaml;

@@ -4,7 +4,7 @@
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
-use super::limits::{MAX_DEPTH, MAX_FILE_BYTES, too_deep, too_large};
+use super::limits::{MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, Oversized, oversized, too_large};
 use super::{Loaded, Origin, SourceError};
 use crate::object::{Kind, Object};
 
@@ -246,16 +246,29 @@ pub(super) fn parse_str(text: &str, file: &str) -> Result<Vec<Loaded>, SourceErr
             line: chunk.line,
             item: None,
         };
-        if let Some(deep) = too_deep(chunk.text, MAX_DEPTH) {
+        if let Some(refused) = oversized(chunk.text, MAX_DEPTH, MAX_NODES) {
+            let (line, message) = match refused {
+                Oversized::Deep { line } => (
+                    line,
+                    format!(
+                        "nested more than {MAX_DEPTH} levels deep (collections in \
+                         collections); refused before parsing"
+                    ),
+                ),
+                Oversized::Many { line } => (
+                    line,
+                    format!(
+                        "more than {MAX_NODES} YAML nodes in one document; refused before \
+                         parsing (split a List into documents)"
+                    ),
+                ),
+            };
             return Err(SourceError {
                 file: file.to_string(),
                 document: Some(origin.document),
-                line: Some(chunk.line + deep.line - 1),
+                line: Some(chunk.line + line - 1),
                 object: None,
-                message: format!(
-                    "nested more than {MAX_DEPTH} levels deep (collections in collections); \
-                     refused before parsing"
-                ),
+                message,
             });
         }
         let value: Value = serde_yaml::from_str(chunk.text).map_err(|e| {

@@ -36,6 +36,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 pub use pods::{PodOwner, PodView};
 use schedule::Schedule;
+pub use validate::MAX_REPLICAS;
 
 use crate::object::{Kind, Object, ObjectKey};
 use crate::types::fault::FaultInjection;

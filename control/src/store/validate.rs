@@ -18,6 +18,11 @@ use crate::types::security::{
     AuthorizationAction, AuthorizationPolicy, Condition, Operation, PeerAuthentication, Source,
 };
 
+/// The most replicas a Deployment may ask for. Each is a pod the store schedules, translates
+/// and publishes, so `replicas: 2147483647` (a dozen bytes) would be gigabytes; no mesh this
+/// istiod serves runs ten thousand copies of one Deployment.
+pub const MAX_REPLICAS: i32 = 10_000;
+
 /// Collects the first problem found, with its field path.
 struct Check<'a> {
     object: &'a Object,
@@ -124,6 +129,12 @@ pub(super) fn object(object: &Object, store: &Store) -> Result<(), StoreError> {
         Object::Pod(pod) => self::pod(&check, pod),
         Object::Deployment(d) => match d.spec.as_ref().and_then(|s| s.replicas) {
             Some(r) if r < 0 => Err(check.fail("spec.replicas", "must not be negative")),
+            Some(r) if r > MAX_REPLICAS => Err(check.fail(
+                "spec.replicas",
+                format!(
+                    "at most {MAX_REPLICAS}: each replica is a pod this istiod schedules and serves"
+                ),
+            )),
             _ => Ok(()),
         },
         Object::Gateway(gateway) => self::gateway(&check, gateway),

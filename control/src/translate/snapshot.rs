@@ -111,6 +111,7 @@ pub fn snapshot(store: &Store, mesh: &MeshConfig) -> Snapshot {
         services,
         policies,
         waypoints: waypoint_config::waypoint_configs(store, mesh),
+        waypoint_proxies: waypoints::proxies(store, mesh),
     }
 }
 

@@ -18,12 +18,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use dataplane::identity::Identity;
 use dataplane::policy::{Action, Authorization, Clause, Match, Rule, Scope, StringMatch};
 use dataplane::state::{GatewayAddress, GatewayDestination, NamespacedHostname};
 use gateway_api::gateways::{Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From};
 
 use crate::object::{Kind, Object};
-use crate::snapshot::MeshConfig;
+use crate::snapshot::{MeshConfig, WaypointProxies};
 use crate::store::Store;
 
 pub const USE_WAYPOINT: &str = "istio.io/use-waypoint";
@@ -227,23 +228,18 @@ pub fn auto_allow_policies(
     store: &Store,
     mesh: &MeshConfig,
 ) -> Vec<(GatewayAddress, Authorization)> {
-    let mut identities: BTreeMap<(&str, &str), BTreeSet<String>> = BTreeMap::new();
-    let pods = store.pods();
-    for pod in pods.iter().filter(|p| !p.terminated) {
-        if let Some(gateway) = pod.labels.get(GATEWAY_NAME) {
-            identities
-                .entry((pod.namespace, gateway.as_str()))
-                .or_default()
-                .insert(pod.service_account().to_string());
-        }
-    }
+    let pods = waypoint_pods(store);
     store
         .gateways()
         .filter(|g| is_waypoint(g) && ready(store, g))
         .filter_map(|g| {
             let namespace = g.metadata.namespace.as_deref().unwrap_or("");
             let name = g.metadata.name.as_deref().unwrap_or("");
-            let accounts = identities.get(&(namespace, name))?;
+            let accounts: BTreeSet<&str> = pods
+                .get(&(namespace.to_string(), name.to_string()))?
+                .iter()
+                .map(|pod| pod.service_account.as_str())
+                .collect();
             let principals = accounts
                 .iter()
                 .map(|sa| {
@@ -268,6 +264,47 @@ pub fn auto_allow_policies(
             Some((address(mesh, namespace, name), policy))
         })
         .collect()
+}
+
+/// One live pod of a waypoint: the identity it runs as and where.
+struct WaypointPod {
+    service_account: String,
+    node: Option<String>,
+}
+
+/// The live pods of each waypoint (labelled `gateway.networking.k8s.io/gateway-name`, as
+/// upstream finds them), by (namespace, gateway name).
+fn waypoint_pods(store: &Store) -> BTreeMap<(String, String), Vec<WaypointPod>> {
+    let mut found: BTreeMap<(String, String), Vec<WaypointPod>> = BTreeMap::new();
+    for pod in store.pods().iter().filter(|p| !p.terminated) {
+        if let Some(gateway) = pod.labels.get(GATEWAY_NAME) {
+            found
+                .entry((pod.namespace.to_string(), gateway.clone()))
+                .or_default()
+                .push(WaypointPod {
+                    service_account: pod.service_account().to_string(),
+                    node: pod.node.map(str::to_string),
+                });
+        }
+    }
+    found
+}
+
+/// Who may be sent each waypoint's configuration, by `<namespace>/<gateway name>`: the
+/// identities its pods run as, and the node proxies of the nodes they run on (which the CA
+/// would issue those identities anyway, so they learn nothing more). A configuration names
+/// every policy and Service behind the waypoint; no one else is sent it.
+pub fn proxies(store: &Store, mesh: &MeshConfig) -> BTreeMap<String, WaypointProxies> {
+    let mut proxies: BTreeMap<String, WaypointProxies> = BTreeMap::new();
+    for ((namespace, gateway), pods) in waypoint_pods(store) {
+        let entry = proxies.entry(format!("{namespace}/{gateway}")).or_default();
+        for pod in pods {
+            let identity = Identity::new(&mesh.trust_domain, &namespace, &pod.service_account);
+            entry.identities.insert(identity.to_string());
+            entry.nodes.extend(pod.node);
+        }
+    }
+    proxies
 }
 
 /// Whether a pod with `labels` in `namespace` is one of a waypoint's own pods.

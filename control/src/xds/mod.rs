@@ -2,6 +2,8 @@
 //! as upstream istiod serves ztunnels (wire facts §1), and our own
 //! `ambient.waypoint.WaypointConfig` for waypoints that subscribe to it.
 
+#[cfg(test)]
+mod fuzz;
 mod held;
 mod resources;
 mod server;

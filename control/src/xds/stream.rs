@@ -4,9 +4,12 @@
 //! Per type URL the stream remembers what the client holds (name → version). A new
 //! subscription starts from the client's `initial_resource_versions` and is always answered,
 //! even with nothing (ztunnel's readiness waits for both types); afterwards each publish sends
-//! only the difference. Wildcard subscriptions get everything; on-demand keys (`<network>/<ip>`
-//! or `<namespace>/<hostname>`) match a resource by name or alias, and a key that matches
-//! nothing is answered as removed so the client stops waiting.
+//! only the difference. A request that changes the subscription is answered too, an ACK or
+//! NACK that carries the change included (whatever its nonce), and a name subscribed again is
+//! sent again even if the client is believed to hold it, as Delta xDS requires. Wildcard
+//! subscriptions get everything; on-demand keys (`<network>/<ip>` or `<namespace>/<hostname>`)
+//! match a resource by name or alias, and a key that matches nothing is answered as removed so
+//! the client stops waiting.
 //!
 //! The same machine serves waypoints their `WaypointConfig` (by name `<namespace>/<name>`, or
 //! wildcard). Only subscribed types are ever sent, so a ztunnel, which subscribes to the two
@@ -209,46 +212,85 @@ impl XdsStream {
                 type_url: capped(type_url, MAX_CLIENT_TEXT),
             };
         }
-        if !request.response_nonce.is_empty() {
-            let nonce = capped(request.response_nonce, MAX_CLIENT_TEXT);
+        let DeltaDiscoveryRequest {
+            resource_names_subscribe: subscribe,
+            resource_names_unsubscribe: unsubscribe,
+            initial_resource_versions: initial,
+            response_nonce: nonce,
+            error_detail,
+            ..
+        } = request;
+        let changes = !subscribe.is_empty() || !unsubscribe.is_empty();
+        let received = if nonce.is_empty() {
+            Received::Subscribed {
+                type_url: type_url.clone(),
+            }
+        } else {
+            let nonce = capped(nonce, MAX_CLIENT_TEXT);
             // Only the capped message outlives this call; the status (and its `details`)
             // goes with the request.
-            return match request.error_detail {
+            match error_detail {
                 Some(status) => Received::Nack {
-                    type_url,
+                    type_url: type_url.clone(),
                     nonce,
                     message: capped(status.message, MAX_CLIENT_TEXT),
                 },
-                None => Received::Ack { type_url, nonce },
-            };
+                None => Received::Ack {
+                    type_url: type_url.clone(),
+                    nonce,
+                },
+            }
+        };
+        // An ACK or NACK is answered only when it also changes the subscription: Delta xDS
+        // lets any request carry subscription changes, ACKs included (Envoy sends them that
+        // way), and whatever its nonce pairs it with, what the client asks for stands.
+        if !matches!(received, Received::Subscribed { .. }) && !changes {
+            return received;
         }
         let first = !self.subscriptions.contains_key(&type_url);
         let sub = self.subscriptions.entry(type_url.clone()).or_default();
-        if first {
-            sub.interest.wildcard = request.resource_names_subscribe.is_empty()
-                || request.resource_names_subscribe.iter().any(|n| n == "*");
-            sub.held = Held::Names(request.initial_resource_versions.into_iter().collect());
+        // What the client holds, as its subscription so far saw it: for a change, name by
+        // name, compared in full on the next diff. (Subscriptions change in on-demand mode,
+        // where a client holds the few resources it asked for.)
+        let mut held = if first {
+            sub.interest.wildcard = subscribe.is_empty() || subscribe.iter().any(|n| n == "*");
+            initial.into_iter().collect()
         } else {
-            // What the client wants changed: what it holds, as its subscription so far saw
-            // it, name by name, compared in full on the next diff. (Subscriptions change in
-            // on-demand mode, where a client holds the few resources it asked for.)
-            let held = sub.settle().names(&type_url, &sub.interest);
-            sub.held = Held::Names(held);
-        }
-        for name in request.resource_names_subscribe {
+            sub.settle().names(&type_url, &sub.interest)
+        };
+        for name in &subscribe {
             if name != "*" {
-                sub.interest.keys.insert(name);
+                sub.interest.keys.insert(name.clone());
             }
         }
-        sub.owed = true;
-        for name in &request.resource_names_unsubscribe {
+        for name in &unsubscribe {
             if name == "*" {
                 sub.interest.wildcard = false;
             } else {
                 sub.interest.keys.remove(name);
             }
         }
-        Received::Subscribed { type_url }
+        if !first {
+            // Every name subscribed (and not unsubscribed with it) is answered, even one the
+            // client is believed to hold: it may have dropped it and asked again before its
+            // unsubscribe arrived (Delta xDS says the server must). A key nothing answers is
+            // said absent again.
+            let current = self.resources.of(&type_url);
+            for key in subscribe.iter().filter(|k| sub.interest.keys.contains(*k)) {
+                sub.absent.remove(key);
+                held.remove(key);
+                let aliased = current
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, p)| p.resource.aliases.iter().any(|a| a == key));
+                for (name, _) in aliased {
+                    held.remove(name);
+                }
+            }
+        }
+        sub.held = Held::Names(held);
+        sub.owed = true;
+        received
     }
 
     /// A new publish. What it changes for this client is computed by

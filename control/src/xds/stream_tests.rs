@@ -542,3 +542,74 @@ fn a_subscription_changed_half_way_through_a_large_state_ends_with_what_it_asks_
     assert_eq!(client.held, expected);
     assert!(rest.len() <= 2, "{} responses", rest.len());
 }
+
+/// Workload `w` with address alias `net/10.0.0.1`, published once.
+fn one_workload() -> XdsStream {
+    let w = resource(
+        ADDRESS_TYPE_URL,
+        "w".into(),
+        vec!["net/10.0.0.1".into()],
+        vec![1],
+    );
+    let by_type = [(ADDRESS_TYPE_URL, [("w".to_string(), w)].into())].into();
+    XdsStream::new(Arc::new(PublishedResources {
+        generation: 1,
+        by_type,
+        changes: None,
+    }))
+}
+
+fn on_demand(nonce: &str, subscribe: &[&str]) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: ADDRESS_TYPE_URL.into(),
+        resource_names_subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+        response_nonce: nonce.into(),
+        ..DeltaDiscoveryRequest::default()
+    }
+}
+
+fn sent(response: &DeltaDiscoveryResponse) -> Vec<&str> {
+    response.resources.iter().map(|r| r.name.as_str()).collect()
+}
+
+/// Found by `fuzz_xds_stream`: an ACK that also subscribes (Envoy sends them so) had its
+/// subscription dropped, and the client waited for a resource that never came.
+#[test]
+fn an_ack_carrying_a_subscription_is_answered() {
+    let mut stream = one_workload();
+    stream.on_request(on_demand("", &["nothing"]));
+    let nonce = stream.next_response().unwrap().nonce;
+    let received = stream.on_request(on_demand(&nonce, &["net/10.0.0.1"]));
+    assert!(matches!(received, super::Received::Ack { .. }));
+    assert_eq!(sent(&stream.next_response().unwrap()), ["w"]);
+    // A stale nonce, or one never sent, pairs with nothing; the subscription stands.
+    stream.on_request(on_demand("999", &["w"]));
+    assert_eq!(sent(&stream.next_response().unwrap()), ["w"]);
+    stream.on_request(on_demand(&nonce, &[]));
+    assert!(
+        stream.next_response().is_none(),
+        "a plain ACK is not answered"
+    );
+}
+
+/// Delta xDS: a name subscribed again is sent again, even though the client is believed
+/// to hold it (it may have dropped it before its unsubscribe arrived).
+#[test]
+fn a_name_subscribed_again_is_sent_again() {
+    let mut stream = one_workload();
+    stream.on_request(on_demand("", &["w"]));
+    assert_eq!(sent(&stream.next_response().unwrap()), ["w"]);
+    stream.on_request(on_demand("", &["net/10.0.0.1"]));
+    assert_eq!(sent(&stream.next_response().unwrap()), ["w"]);
+    stream.on_request(on_demand("", &["nothing"]));
+    assert_eq!(
+        stream.next_response().unwrap().removed_resources,
+        ["nothing"]
+    );
+    stream.on_request(on_demand("", &["nothing"]));
+    assert_eq!(
+        stream.next_response().unwrap().removed_resources,
+        ["nothing"],
+        "absent, said again"
+    );
+}

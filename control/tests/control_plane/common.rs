@@ -76,6 +76,7 @@ services:
         services: state.services().map(|s| (s.key(), (**s).clone())).collect(),
         policies: state.policies().map(|p| (p.key(), (**p).clone())).collect(),
         waypoints: Default::default(),
+        waypoint_proxies: Default::default(),
     }
 }
 

@@ -1,8 +1,8 @@
-//! istiod's listeners against clients that connect and say nothing: dropped at the
-//! handshake timeout before their HTTP/2 preface, so idle sockets cannot pile up on 15010
-//! (and starve 15012) while established xDS streams may idle as long as they like; and each
-//! port holds at most its share of the process's descriptors, so a flood on one is refused
-//! there while the other keeps serving.
+//! istiod's listeners against clients that connect and say nothing (or part of their
+//! preface): dropped at the handshake timeout before their whole HTTP/2 preface, so idle
+//! sockets cannot pile up on 15010 (and starve 15012) while established xDS streams may idle
+//! as long as they like; and each port holds at most its share of the process's
+//! descriptors, so a flood on one is refused there while the other keeps serving.
 
 use std::time::Duration;
 
@@ -39,8 +39,15 @@ async fn a_client_that_never_sends_its_preface_is_dropped_and_others_are_served(
     let mut silent_tls = TcpStream::connect(tls).await.unwrap();
     let mut speaking = TcpStream::connect(plaintext).await.unwrap();
     speaking.write_all(PREFACE).await.unwrap();
+    // Half a preface and then nothing is no better than silence.
+    let mut stalled = TcpStream::connect(plaintext).await.unwrap();
+    stalled.write_all(&PREFACE[..12]).await.unwrap();
     assert!(closed_within(&mut silent, Duration::from_secs(3)).await);
     assert!(closed_within(&mut silent_tls, Duration::from_secs(3)).await);
+    assert!(
+        closed_within(&mut stalled, Duration::from_secs(3)).await,
+        "a client that sent part of its preface was kept"
+    );
     assert!(
         !closed_within(&mut speaking, Duration::from_secs(2)).await,
         "a client past its preface may idle"

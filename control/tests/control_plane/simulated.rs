@@ -52,6 +52,7 @@ fn cluster(extra: &str) -> Snapshot {
         services: Default::default(),
         policies: state.policies().map(|p| (p.key(), (**p).clone())).collect(),
         waypoints: Default::default(),
+        waypoint_proxies: Default::default(),
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
+use http::{HeaderValue, Method, Request, StatusCode};
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
@@ -146,6 +146,34 @@ pub async fn open_connection(
     Ok(Connection { send, closed })
 }
 
+/// The CONNECT for `authority`, carrying `headers`. They are informational, so one whose
+/// value HTTP cannot carry (a workload named with characters a header may not hold) is left
+/// out rather than costing the connection.
+pub(crate) fn connect_request(
+    authority: &str,
+    headers: &ConnectHeaders,
+) -> Result<Request<()>, HboneError> {
+    let mut builder = Request::builder().method(Method::CONNECT).uri(authority);
+    for (name, value) in [
+        ("baggage", &headers.baggage),
+        ("forwarded", &headers.forwarded),
+        ("traceparent", &headers.traceparent),
+    ] {
+        if value.is_empty() {
+            continue;
+        }
+        match HeaderValue::from_str(value) {
+            Ok(value) => builder = builder.header(name, value),
+            Err(_) => {
+                tracing::debug!(header = name, %authority, "not a valid header value; left out")
+            }
+        }
+    }
+    builder
+        .body(())
+        .map_err(|_| HboneError::Request(authority.to_string()))
+}
+
 /// Sends a CONNECT for `authority` on `connection` and waits for the 200.
 pub async fn connect_stream(
     connection: &Connection,
@@ -162,19 +190,7 @@ pub async fn connect_stream(
         }
         err
     };
-    let mut builder = Request::builder().method(Method::CONNECT).uri(authority);
-    for (name, value) in [
-        ("baggage", &headers.baggage),
-        ("forwarded", &headers.forwarded),
-        ("traceparent", &headers.traceparent),
-    ] {
-        if !value.is_empty() {
-            builder = builder.header(name, value.as_str());
-        }
-    }
-    let request = builder
-        .body(())
-        .map_err(|_| HboneError::Request(authority.to_string()))?;
+    let request = connect_request(authority, headers)?;
     let mut send = connection.send.clone().ready().await.map_err(stream_err)?;
     let (response, send_stream) = send.send_request(request, false).map_err(stream_err)?;
     let response = response.await.map_err(stream_err)?;

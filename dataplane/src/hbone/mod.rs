@@ -12,11 +12,13 @@ mod stream;
 
 use std::time::Duration;
 
+#[cfg(test)]
+pub(crate) use client::connect_request;
 pub use client::{ConnectHeaders, HboneError, open_connection};
 pub use headers::{TraceParent, forwarded_host};
 pub use io::H2Io;
 pub use pool::{Lease, Pool, PoolKey};
-pub use server::{ConnectRequest, IncomingConnect, ServerOptions, serve_connection};
+pub use server::{Authority, ConnectRequest, IncomingConnect, ServerOptions, serve_connection};
 pub use stream::{ByteCounts, Counted, H2Stream, copy_bidirectional};
 
 /// The port ztunnels and waypoints accept HBONE on.
@@ -51,5 +53,7 @@ pub const TLS_BUFFER_LIMIT: usize = 256 * 1024;
 /// Pooled connections unused this long are released.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,7 @@
 //! a CONNECT (authorize it, connect upstream) is the caller's; this module owns the protocol:
 //! handshake deadlines, 400 for what is not a CONNECT, header limits, keepalive and drain.
 
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::RecvStream;
 use h2::server::SendResponse;
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{HeaderMap, Method, Response, StatusCode, Uri};
 use rustls::ServerConfig;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -101,6 +102,86 @@ fn header_list_size(headers: &HeaderMap) -> usize {
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 32)
         .sum()
+}
+
+/// What a CONNECT's `:authority` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authority<'a> {
+    /// `ip:port` (`[ip]:port` for IPv6): a workload's address, or a Service VIP.
+    Address(SocketAddr),
+    /// `hostname:port`: a Service by name.
+    Host(&'a str, u16),
+}
+
+impl<'a> Authority<'a> {
+    /// Reads an admitted authority: an address when it is one, else a hostname and the port
+    /// after the last `:`.
+    pub fn parse(authority: &'a str) -> Option<Self> {
+        if let Ok(address) = authority.parse::<SocketAddr>() {
+            return Some(Authority::Address(address));
+        }
+        let (host, port) = authority.rsplit_once(':')?;
+        Some(Authority::Host(host, port.parse().ok()?))
+    }
+}
+
+impl fmt::Display for Authority<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Authority::Address(address) => write!(f, "{address}"),
+            Authority::Host(host, port) => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// Why a request on an HBONE connection is not taken as a tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    NotConnect(Method),
+    /// The header list's RFC 7541 size, over [`SERVER_MAX_HEADER_LIST`].
+    HeadersTooLarge(usize),
+    NoAuthority(Uri),
+}
+
+impl Refusal {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Refusal::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Refusal::NotConnect(_) | Refusal::NoAuthority(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn log(&self, peer: SocketAddr) {
+        match self {
+            Refusal::NotConnect(method) => {
+                tracing::warn!(%peer, %method, "HBONE request is not a CONNECT; answering 400");
+            }
+            Refusal::HeadersTooLarge(size) => {
+                tracing::warn!(%peer, size, limit = SERVER_MAX_HEADER_LIST, "HBONE CONNECT headers too large; answering 431");
+            }
+            Refusal::NoAuthority(uri) => {
+                tracing::warn!(%peer, %uri, "HBONE CONNECT without a host:port authority; answering 400");
+            }
+        }
+    }
+}
+
+/// Checks a request as a tunnel: a CONNECT, headers within [`SERVER_MAX_HEADER_LIST`], and a
+/// `host:port` authority with no path. The authority, or why the request is refused.
+pub(crate) fn admit(parts: &http::request::Parts) -> Result<String, Refusal> {
+    if parts.method != Method::CONNECT {
+        return Err(Refusal::NotConnect(parts.method.clone()));
+    }
+    let size = header_list_size(&parts.headers);
+    if size > SERVER_MAX_HEADER_LIST as usize {
+        return Err(Refusal::HeadersTooLarge(size));
+    }
+    match parts.uri.authority() {
+        Some(a) if a.port_u16().is_some() && parts.uri.path_and_query().is_none() => {
+            Ok(a.to_string())
+        }
+        _ => Err(Refusal::NoAuthority(parts.uri.clone())),
+    }
 }
 
 fn respond(mut respond: SendResponse<Bytes>, status: StatusCode) {
@@ -196,22 +277,11 @@ where
                     }
                 };
                 let (parts, recv) = request.into_parts();
-                if parts.method != Method::CONNECT {
-                    tracing::warn!(%peer, method = %parts.method, "HBONE request is not a CONNECT; answering 400");
-                    respond(send_response, StatusCode::BAD_REQUEST);
-                    continue;
-                }
-                let size = header_list_size(&parts.headers);
-                if size > SERVER_MAX_HEADER_LIST as usize {
-                    tracing::warn!(%peer, size, limit = SERVER_MAX_HEADER_LIST, "HBONE CONNECT headers too large; answering 431");
-                    respond(send_response, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-                    continue;
-                }
-                let authority = match parts.uri.authority() {
-                    Some(a) if a.port_u16().is_some() && parts.uri.path_and_query().is_none() => a.to_string(),
-                    _ => {
-                        tracing::warn!(%peer, uri = %parts.uri, "HBONE CONNECT without a host:port authority; answering 400");
-                        respond(send_response, StatusCode::BAD_REQUEST);
+                let authority = match admit(&parts) {
+                    Ok(authority) => authority,
+                    Err(refusal) => {
+                        refusal.log(peer);
+                        respond(send_response, refusal.status());
                         continue;
                     }
                 };

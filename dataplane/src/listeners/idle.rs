@@ -1,8 +1,9 @@
 //! A stream that fails once nothing has moved on it for a while: what keeps a silent client
 //! (connected and never speaking, or kept alive and forgotten) from holding a connection
 //! slot and a descriptor of a listener forever. For a protocol whose connections may idle
-//! once established (xDS over HTTP/2), only the wait for the client's first bytes (its
-//! preface) is bounded.
+//! once established (xDS over HTTP/2), only the wait for the client's preface is bounded:
+//! all of it, not its first byte, or a client sending one byte and then nothing (or a byte a
+//! second) would hold the connection forever.
 
 use std::io;
 use std::pin::Pin;
@@ -17,8 +18,8 @@ pub struct IdleLimit<S> {
     inner: S,
     limit: Duration,
     sleep: Pin<Box<Sleep>>,
-    /// Only until the first byte is read; then never again.
-    preface_only: bool,
+    /// Only until this many more bytes are read (the preface); then never again.
+    preface: Option<usize>,
     armed: bool,
 }
 
@@ -28,7 +29,7 @@ impl<S> IdleLimit<S> {
             inner,
             limit,
             sleep: Box::pin(tokio::time::sleep(limit)),
-            preface_only: false,
+            preface: None,
             armed: true,
         }
     }
@@ -36,15 +37,22 @@ impl<S> IdleLimit<S> {
     /// `inner`, failing if its peer sends nothing within `limit` of now; once it has,
     /// unlimited.
     pub fn until_first_read(inner: S, limit: Duration) -> Self {
+        Self::until_preface(inner, limit, 1)
+    }
+
+    /// `inner`, failing unless its peer has sent `bytes` bytes (its whole preface) within
+    /// `limit` of now, however it spaced them; once it has, unlimited.
+    pub fn until_preface(inner: S, limit: Duration, bytes: usize) -> Self {
         IdleLimit {
-            preface_only: true,
+            preface: Some(bytes.max(1)),
             ..IdleLimit::new(inner, limit)
         }
     }
 
-    fn moved(&mut self, read: bool) {
-        if self.preface_only {
-            self.armed &= !read;
+    fn moved(&mut self, read: usize) {
+        if let Some(left) = &mut self.preface {
+            *left = left.saturating_sub(read);
+            self.armed &= *left > 0;
             return;
         }
         self.sleep.as_mut().reset(Instant::now() + self.limit);
@@ -69,8 +77,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleLimit<S> {
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    self.moved(true);
+                let read = buf.filled().len() - before;
+                if read > 0 {
+                    self.moved(read);
                 }
                 Poll::Ready(Ok(()))
             }
@@ -90,7 +99,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleLimit<S> {
         match Pin::new(&mut self.inner).poll_write(cx, data) {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
-                    self.moved(false);
+                    self.moved(0);
                 }
                 Poll::Ready(Ok(n))
             }
@@ -158,5 +167,56 @@ mod tests {
         assert_eq!(speaking.read(&mut buf).await.unwrap(), 1);
         drop(later.await.unwrap());
         let _ = client.write_all(b"").await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_preface_sent_in_part_or_a_byte_at_a_time_still_meets_the_deadline() {
+        let mut buf = [0u8; 64];
+        // Part of the preface, then nothing: dropped at the deadline from the start.
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut partial = IdleLimit::until_preface(server, Duration::from_secs(2), 24);
+        client.write_all(b"PRI * HTTP/2.0").await.unwrap();
+        assert_eq!(partial.read(&mut buf).await.unwrap(), 14);
+        let started = Instant::now();
+        assert_eq!(
+            partial.read(&mut buf).await.unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+
+        // A byte a second: the deadline is not reset by each byte.
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut trickle = IdleLimit::until_preface(server, Duration::from_secs(2), 24);
+        let writer = tokio::spawn(async move {
+            for _ in 0..24 {
+                if client.write_all(b"x").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let started = Instant::now();
+        let err = loop {
+            match trickle.read(&mut buf).await {
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        writer.abort();
+
+        // The whole preface in time: then silence is fine.
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut whole = IdleLimit::until_preface(server, Duration::from_secs(2), 24);
+        client.write_all(&[b'P'; 24]).await.unwrap();
+        assert_eq!(whole.read(&mut buf).await.unwrap(), 24);
+        let later = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            client.write_all(b"x").await.unwrap();
+            client
+        });
+        assert_eq!(whole.read(&mut buf).await.unwrap(), 1);
+        drop(later.await.unwrap());
     }
 }

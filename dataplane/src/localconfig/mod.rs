@@ -11,6 +11,8 @@
 //! Unlike xDS, local config does not default `trustDomain` or `serviceAccount`: empty strings
 //! are kept as written (our [`Workload::identity`] then applies the usual defaults).
 
+#[cfg(test)]
+mod fuzz;
 mod shape;
 #[cfg(test)]
 mod tests;
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use crate::policy::Authorization;
 use crate::state::{Service, State, Workload};
+use crate::yaml_shape::{MAX_DEPTH, MAX_NODES, Oversized, oversized};
 
 use shape::RawConfig;
 
@@ -97,6 +100,22 @@ impl LocalConfig {
     /// Parses and validates a local config given inline (upstream's `LOCAL_XDS`). An empty
     /// document is an empty config.
     pub fn parse(yaml: &str) -> Result<Self, LocalConfigError> {
+        // The YAML parser's time grows with the square of the nesting, and its memory with
+        // the nodes: what no local config needs is refused before it runs.
+        if let Some(refused) = oversized(yaml, MAX_DEPTH, MAX_NODES) {
+            let message = match refused {
+                Oversized::Deep { line } => format!(
+                    "line {line}: nested more than {MAX_DEPTH} levels deep; refused before parsing"
+                ),
+                Oversized::Many { line } => {
+                    format!("line {line}: more than {MAX_NODES} YAML nodes; refused before parsing")
+                }
+            };
+            return Err(LocalConfigError::Invalid {
+                path: None,
+                message,
+            });
+        }
         // serde_yaml reads an empty document (or one with only comments) as null.
         let raw: Option<RawConfig> = serde_yaml::from_str(yaml)
             .map_err(|error| LocalConfigError::Yaml { path: None, error })?;

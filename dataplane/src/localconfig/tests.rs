@@ -9,7 +9,7 @@ use crate::state::{
 };
 
 /// The example from the wire-facts reference, §6.2.
-const EXAMPLE: &str = r#"
+pub(super) const EXAMPLE: &str = r#"
 workloads:
 - uid: Kubernetes//Pod/shop/web-0
   name: web-0

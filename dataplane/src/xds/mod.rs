@@ -4,6 +4,8 @@
 
 mod apply;
 mod authorization;
+#[cfg(test)]
+mod fuzz;
 mod workload;
 
 pub use apply::{ResourceVersions, apply_response};

@@ -13,7 +13,8 @@ use super::connections::policy_closed;
 use super::metrics::{Reporter, Traffic};
 use super::outbound::baggage;
 use crate::hbone::{
-    self, ByteCounts, Counted, IncomingConnect, ServerOptions, TraceParent, forwarded_host,
+    self, Authority, ByteCounts, Counted, IncomingConnect, ServerOptions, TraceParent,
+    forwarded_host,
 };
 use crate::policy::{ConnectionContext, evaluate};
 use crate::seams::Accepted;
@@ -91,30 +92,27 @@ fn resolve_target(
     authority: &str,
     dialled: SocketAddr,
 ) -> Target {
-    if let Ok(addr) = authority.parse::<SocketAddr>() {
-        if addr.ip() != dialled.ip() {
+    let (host, port) = match Authority::parse(authority) {
+        Some(Authority::Address(addr)) => {
+            if addr.ip() != dialled.ip() {
+                return Target::Refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "authority {authority} does not match the dialled address {}",
+                        dialled.ip()
+                    ),
+                );
+            }
+            return Target::Port(addr.port(), None);
+        }
+        // A hostname authority names a service this workload backs.
+        Some(Authority::Host(host, port)) => (host, port),
+        None => {
             return Target::Refuse(
                 StatusCode::BAD_REQUEST,
-                format!(
-                    "authority {authority} does not match the dialled address {}",
-                    dialled.ip()
-                ),
+                format!("malformed authority {authority}"),
             );
         }
-        return Target::Port(addr.port(), None);
-    }
-    // A hostname authority names a service this workload backs.
-    let Some((host, port)) = authority.rsplit_once(':') else {
-        return Target::Refuse(
-            StatusCode::BAD_REQUEST,
-            format!("malformed authority {authority}"),
-        );
-    };
-    let Ok(port) = port.parse::<u16>() else {
-        return Target::Refuse(
-            StatusCode::BAD_REQUEST,
-            format!("malformed authority {authority}"),
-        );
     };
     match workload_service(inner, workload, host) {
         Some(s) => {

@@ -12,6 +12,11 @@ use crate::identity::Identity;
 use crate::state::{Service, Workload};
 
 /// Upstream's traffic label set, in its order. Missing values render as `unknown`.
+///
+/// The four locality labels close the set: upstream puts them on every traffic metric (from
+/// the workload's `locality`), so a dashboard grouping by zone finds them on any ztunnel.
+/// Locality is not modelled here (istiod does not send it), so they read `unknown`, which is
+/// what upstream shows for a workload without one.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TrafficLabels {
     pub reporter: String,
@@ -37,6 +42,10 @@ pub struct TrafficLabels {
     pub request_protocol: String,
     pub response_flags: String,
     pub connection_security_policy: String,
+    pub source_region: String,
+    pub source_zone: String,
+    pub destination_region: String,
+    pub destination_zone: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +124,10 @@ impl Traffic<'_> {
                 "unknown"
             }
             .into(),
+            source_region: or_unknown(""),
+            source_zone: or_unknown(""),
+            destination_region: or_unknown(""),
+            destination_zone: or_unknown(""),
         }
     }
 }
@@ -234,5 +247,37 @@ impl Metrics {
             let _ = writeln!(out, "# metrics encoding failed");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Upstream ztunnel (62d82653) ends every traffic label set so; seen side by side in
+    /// `control/tests/interop`.
+    #[test]
+    fn traffic_labels_end_with_upstreams_locality_labels() {
+        let metrics = Metrics::default();
+        let traffic = Traffic {
+            reporter: Reporter::Source,
+            source: None,
+            source_identity: None,
+            destination: None,
+            destination_identity: None,
+            service: None,
+            response_flags: "-",
+            mutual_tls: true,
+        };
+        metrics.opened.get_or_create(&traffic.labels()).inc();
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "connection_security_policy=\"mutual_tls\",source_region=\"unknown\",\
+                 source_zone=\"unknown\",destination_region=\"unknown\",\
+                 destination_zone=\"unknown\"} 1"
+            ),
+            "{text}"
+        );
     }
 }

@@ -293,3 +293,6 @@ pub(crate) async fn establish_within(
     .await
     .unwrap_or(Err(OutboundError::Timeout(ESTABLISH_TIMEOUT)))
 }
+
+#[cfg(test)]
+mod fuzz;

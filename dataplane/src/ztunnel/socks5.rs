@@ -126,10 +126,11 @@ impl Handshake {
         }
     }
 
+    /// Reads the greeting and the CONNECT request; a domain name is looked up with `resolve`.
     async fn read_request(
         &mut self,
-        inner: &Inner,
         stream: &mut BoxStream,
+        resolve: impl Fn(&str) -> Option<IpAddr>,
     ) -> Result<SocketAddr, Socks5Error> {
         let [version, methods] = self.take_array(stream).await?;
         if version != VERSION {
@@ -165,21 +166,23 @@ impl Handshake {
                 let [len] = self.take_array(stream).await?;
                 let name = String::from_utf8_lossy(self.take(stream, usize::from(len)).await?)
                     .into_owned();
-                inner
-                    .state
-                    .read(|state| {
-                        state
-                            .services()
-                            .find(|s| s.hostname == name)
-                            .and_then(|s| s.vips.first().map(|v| v.address))
-                    })
-                    .ok_or(Socks5Error::UnknownHost(name))?
+                resolve(&name).ok_or(Socks5Error::UnknownHost(name))?
             }
             other => return Err(Socks5Error::AddressType(other)),
         };
         let port = u16::from_be_bytes(self.take_array(stream).await?);
         Ok(SocketAddr::new(ip, port))
     }
+}
+
+/// The first VIP of the service whose hostname is `name`: where a SOCKS5 domain name goes.
+fn service_vip(inner: &Inner, name: &str) -> Option<IpAddr> {
+    inner.state.read(|state| {
+        state
+            .services()
+            .find(|s| s.hostname == name)
+            .and_then(|s| s.vips.first().map(|v| v.address))
+    })
 }
 
 pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
@@ -190,7 +193,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
     let mut handshake = Handshake::new();
     let destination = match tokio::time::timeout(
         inner.config.handshake_timeout,
-        handshake.read_request(&inner, &mut stream),
+        handshake.read_request(&mut stream, |name| service_vip(&inner, name)),
     )
     .await
     {
@@ -323,3 +326,6 @@ impl AsyncWrite for EarlyData {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod fuzz;

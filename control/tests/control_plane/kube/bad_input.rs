@@ -7,7 +7,7 @@
 use serde_json::json;
 
 use super::ads::describe;
-use super::{Istiod, PUSH_LIMIT, objects, shared_cluster};
+use super::{Istiod, PUSH_LIMIT, objects, policies, shared_cluster};
 
 const NS: &str = "kube-bad-input";
 
@@ -25,9 +25,9 @@ async fn an_unreadable_object_is_reported_and_skipped_while_the_rest_flows() {
     };
     let admin = cluster.admin_client().await.unwrap();
     objects::ambient_namespace(&admin, NS, true).await;
-    objects::authorization_policy(&admin, NS, "good", allow_web()).await;
-    objects::authorization_policy(&admin, NS, "wrong-type", json!({"rules": "everyone"})).await;
-    objects::authorization_policy(&admin, NS, "misspelt", json!({"rulez": []})).await;
+    policies::authorization_policy(&admin, NS, "good", allow_web()).await;
+    policies::authorization_policy(&admin, NS, "wrong-type", json!({"rules": "everyone"})).await;
+    policies::authorization_policy(&admin, NS, "misspelt", json!({"rulez": []})).await;
 
     // Started after: the bad objects come in the initial list, with the good one.
     let istiod = Istiod::start("bad-input", cluster);
@@ -51,7 +51,7 @@ async fn an_unreadable_object_is_reported_and_skipped_while_the_rest_flows() {
     }
 
     // The same kind keeps flowing, and so do the others.
-    objects::authorization_policy(&admin, NS, "later", allow_web()).await;
+    policies::authorization_policy(&admin, NS, "later", allow_web()).await;
     objects::service(&admin, NS, "web", "web").await;
     let later = format!("{NS}/later");
     let service = objects::service_key(NS, "web");
@@ -64,7 +64,7 @@ async fn an_unreadable_object_is_reported_and_skipped_while_the_rest_flows() {
     println!("kube bad input: a later policy and a service seen in {took:?}");
 
     // Fixed in place, the bad policy arrives.
-    objects::set_policy_spec(&admin, NS, "wrong-type", allow_web()).await;
+    policies::set_policy_spec(&admin, NS, "wrong-type", allow_web()).await;
     let fixed = format!("{NS}/wrong-type");
     ads.wait(PUSH_LIMIT, |v| v.has_policy(&fixed))
         .await

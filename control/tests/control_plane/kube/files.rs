@@ -7,7 +7,9 @@ use control::object::Kind;
 use control::sources::kube::api_resource;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 
-use super::{documents, repo_file};
+use harness::manifests::documents;
+
+use super::repo_file;
 
 /// `control/crds/*.yaml` are what `control::crds` generates; `UPDATE_CRDS=1` rewrites them.
 #[test]

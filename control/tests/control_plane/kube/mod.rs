@@ -13,7 +13,7 @@ mod bad_input;
 mod cluster;
 mod files;
 mod lifecycle;
-mod objects;
+mod policies;
 mod rbac;
 mod restart;
 
@@ -22,12 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+pub use harness::objects;
 use harness::{Cluster, Components, Options, Process};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::Api;
-use kube::api::PostParams;
-use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
 use ads::AdsClient;
@@ -41,16 +37,6 @@ pub const PUSH_LIMIT: Duration = Duration::from_secs(10);
 /// The repository's files, as a user (or kind) would apply them.
 pub fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-/// The documents of a multi-document YAML file, typed; empty documents skipped.
-pub fn documents<T: DeserializeOwned>(text: &str) -> Vec<T> {
-    serde_yaml::Deserializer::from_str(text)
-        .filter_map(|doc| {
-            <Option<serde_yaml::Value> as serde::Deserialize>::deserialize(doc).unwrap()
-        })
-        .map(|value| serde_yaml::from_value(value).unwrap())
-        .collect()
 }
 
 static SHARED: OnceCell<Result<Cluster, String>> = OnceCell::const_new();
@@ -84,57 +70,20 @@ pub async fn start(components: Components, options: Options) -> Result<Cluster, 
     Ok(cluster)
 }
 
-/// Applies `control/crds/*.yaml` and `control/rbac/istiod.yaml` and waits until every CRD is
-/// served.
+/// Applies `control/crds/*.yaml` and `control/rbac/istiod.yaml`, as a user would.
 async fn install(cluster: &Cluster) {
     let client = cluster.admin_client().await.unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut names = Vec::new();
+    let mut texts = Vec::new();
     for file in control::crds::files() {
-        let text = std::fs::read_to_string(repo_file("crds").join(file.name)).unwrap();
-        for crd in documents::<CustomResourceDefinition>(&text) {
-            names.push(crd.metadata.name.clone().unwrap());
-            crds.create(&PostParams::default(), &crd)
-                .await
-                .unwrap_or_else(|e| panic!("{}: {e}", file.name));
-        }
+        let path = repo_file("crds").join(file.name);
+        texts.push((
+            file.name.to_string(),
+            std::fs::read_to_string(path).unwrap(),
+        ));
     }
     let rbac = std::fs::read_to_string(repo_file("rbac/istiod.yaml")).unwrap();
-    for value in documents::<serde_yaml::Value>(&rbac) {
-        match value.get("kind").and_then(|k| k.as_str()) {
-            Some("ClusterRole") => {
-                let role: ClusterRole = serde_yaml::from_value(value).unwrap();
-                Api::all(client.clone())
-                    .create(&PostParams::default(), &role)
-                    .await
-                    .unwrap();
-            }
-            Some("ClusterRoleBinding") => {
-                let binding: ClusterRoleBinding = serde_yaml::from_value(value).unwrap();
-                Api::all(client.clone())
-                    .create(&PostParams::default(), &binding)
-                    .await
-                    .unwrap();
-            }
-            other => panic!("rbac/istiod.yaml: unexpected kind {other:?}"),
-        }
-    }
-    for name in names {
-        let established = objects::poll(Duration::from_secs(30), || {
-            let crds = crds.clone();
-            let name = name.clone();
-            async move {
-                let crd = crds.get(&name).await.ok()?;
-                crd.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            }
-        })
-        .await;
-        assert!(established.is_some(), "CRD {name} never became established");
-    }
+    texts.push(("rbac/istiod.yaml".to_string(), rbac));
+    harness::manifests::apply(&client, &texts).await;
 }
 
 /// The real istiod binary with `--kube`, on free loopback ports, as `cluster`'s istiod

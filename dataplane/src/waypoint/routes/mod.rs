@@ -297,4 +297,6 @@ impl RouteTable {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -1,5 +1,8 @@
 //! Writing the cluster as its users and its kubelets would: namespaces enrolled in ambient, a
 //! node with a pod range, pods bound to it whose status a kubelet would report, services.
+//!
+//! These are fixtures for tests and benchmarks: each panics, naming what failed, where the
+//! API server refuses a write, since a refused fixture leaves nothing to test.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -7,6 +10,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::DynamicObject;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -28,8 +32,9 @@ where
     }
 }
 
-fn typed<T: DeserializeOwned>(value: serde_json::Value) -> T {
-    serde_json::from_value(value).unwrap()
+pub fn typed<T: DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value)
+        .unwrap_or_else(|e| panic!("not a {}: {e}", std::any::type_name::<T>()))
 }
 
 /// A namespace enrolled in ambient (`istio.io/dataplane-mode=ambient`) whose `default`
@@ -42,14 +47,14 @@ pub async fn ambient_namespace(client: &kube::Client, name: &str, controller_man
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &namespace)
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("ambient_namespace: {e}"));
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
     if !controller_manager {
         let account: ServiceAccount = typed(json!({"metadata": {"name": "default"}}));
         accounts
             .create(&PostParams::default(), &account)
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("ambient_namespace: {e}"));
         return;
     }
     let made = poll(Duration::from_secs(30), || {
@@ -72,7 +77,7 @@ pub async fn node(client: &kube::Client, name: &str, pod_cidr: &str) {
     Api::<Node>::all(client.clone())
         .create(&PostParams::default(), &node)
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("node: {e}"));
 }
 
 /// A pod already bound to `node` (no scheduler runs here), with `labels`.
@@ -87,7 +92,7 @@ pub async fn pod(client: &kube::Client, namespace: &str, name: &str, node: &str,
     Api::<Pod>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &pod)
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("pod: {e}"));
 }
 
 /// What the kubelet reports once the pod runs: its IP, Running, Ready.
@@ -103,7 +108,7 @@ pub async fn pod_running(client: &kube::Client, namespace: &str, name: &str, ip:
     Api::<Pod>::namespaced(client.clone(), namespace)
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("pod_running: {e}"));
 }
 
 /// Sets the pod's `app` label.
@@ -112,7 +117,7 @@ pub async fn relabel(client: &kube::Client, namespace: &str, name: &str, app: &s
     Api::<Pod>::namespaced(client.clone(), namespace)
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("relabel: {e}"));
 }
 
 /// Deletes the pod at once: with no kubelet to finish a graceful delete, a bound pod would
@@ -125,7 +130,7 @@ pub async fn delete_pod(client: &kube::Client, namespace: &str, name: &str) {
     Api::<Pod>::namespaced(client.clone(), namespace)
         .delete(name, &now)
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("delete_pod: {e}"));
 }
 
 /// A ClusterIP Service selecting `app` on port 80 → 8080; returns its cluster IP.
@@ -137,8 +142,11 @@ pub async fn service(client: &kube::Client, namespace: &str, name: &str, app: &s
     let created = Api::<Service>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &service)
         .await
-        .unwrap();
-    created.spec.unwrap().cluster_ip.unwrap()
+        .unwrap_or_else(|e| panic!("service: {e}"));
+    created
+        .spec
+        .and_then(|spec| spec.cluster_ip)
+        .unwrap_or_else(|| panic!("service {namespace}/{name}: no cluster IP assigned"))
 }
 
 /// `ns/name.ns.svc.cluster.local`: the xDS name of a Service.
@@ -146,43 +154,20 @@ pub fn service_key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}.{namespace}.svc.cluster.local")
 }
 
-/// Creates a `security.istio.io/v1` AuthorizationPolicy with `spec` as written, unchecked:
-/// the CRD keeps whatever it is given.
-pub async fn authorization_policy(
+/// Creates a custom object of `resource` with `data` (its `spec` and anything else beside
+/// the metadata) as written: a CRD keeps whatever it is given, so a test can write what a
+/// user might, valid or not.
+pub async fn custom(
     client: &kube::Client,
+    resource: &kube::core::ApiResource,
     namespace: &str,
     name: &str,
-    spec: serde_json::Value,
+    data: serde_json::Value,
 ) {
-    let api = authorization_policies(client, namespace);
-    let mut object = kube::core::DynamicObject::new(name, &resource());
-    object.data = json!({"spec": spec});
-    api.create(&PostParams::default(), &object).await.unwrap();
-}
-
-/// Replaces an AuthorizationPolicy's whole `spec` (a merge patch would keep fields the new
-/// spec leaves out).
-pub async fn set_policy_spec(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-    spec: serde_json::Value,
-) {
-    let api = authorization_policies(client, namespace);
-    let mut object = api.get(name).await.unwrap();
-    object.data["spec"] = spec;
-    api.replace(name, &PostParams::default(), &object)
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
+    let mut object = DynamicObject::new(name, resource);
+    object.data = data;
+    api.create(&PostParams::default(), &object)
         .await
-        .unwrap();
-}
-
-fn resource() -> kube::core::ApiResource {
-    control::sources::kube::api_resource(control::object::Kind::AuthorizationPolicy)
-}
-
-fn authorization_policies(
-    client: &kube::Client,
-    namespace: &str,
-) -> Api<kube::core::DynamicObject> {
-    Api::namespaced_with(client.clone(), namespace, &resource())
+        .unwrap_or_else(|e| panic!("creating {}/{namespace}/{name}: {e}", resource.kind));
 }
