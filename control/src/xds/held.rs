@@ -12,12 +12,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use super::caller::Caller;
 use super::resources::{Published, PublishedResources};
 
 /// What a subscription asks for: everything, or the resources whose name or alias is one of
 /// its keys.
 #[derive(Debug, Default)]
 pub(super) struct Interest {
+    /// Who asks: resources with viewers go only to a caller that is one of them.
+    pub caller: Caller,
     pub wildcard: bool,
     /// On-demand keys asked for. A key stays subscribed until the client unsubscribes it,
     /// as Delta xDS has it: one that matches nothing now is sent when it appears.
@@ -26,6 +29,15 @@ pub(super) struct Interest {
 
 impl Interest {
     pub fn wants(&self, name: &str, published: &Published) -> bool {
+        let may_see = published
+            .viewers
+            .as_ref()
+            .is_none_or(|viewers| self.caller.acts_as(viewers));
+        may_see && self.wants_any(name, published)
+    }
+
+    /// Whether the subscription asks for `name`, whoever may see it.
+    pub fn wants_any(&self, name: &str, published: &Published) -> bool {
         self.wildcard
             || self.keys.contains(name)
             || published

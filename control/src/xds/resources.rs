@@ -16,7 +16,7 @@ use dataplane::xds::{
     service_to_proto, workload_to_proto,
 };
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, WaypointProxies};
 
 /// One resource ready to send, encoded once and shared: a publish that keeps a resource keeps
 /// the same `Arc` (so a stream still diffing against an older publish costs that publish's
@@ -25,6 +25,9 @@ use crate::snapshot::Snapshot;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Published {
     pub resource: Arc<Resource>,
+    /// Who may be sent it, where not everyone subscribed may: a waypoint's configuration
+    /// goes only to callers that act as that waypoint ([`crate::xds::Caller`]).
+    pub viewers: Option<Arc<WaypointProxies>>,
 }
 
 /// Every resource of one publish, by type URL and name.
@@ -105,7 +108,28 @@ pub fn resource(type_url: &str, name: String, aliases: Vec<String>, value: Vec<u
             ttl: None,
             cache_control: None,
         }),
+        viewers: None,
     }
+}
+
+/// A waypoint's configuration, for the callers that act as it (nobody, when its pods are not
+/// known). Its version covers who may see it too, so a change of either reaches every
+/// stream: sent to a caller that now acts as the waypoint, removed from one that no longer
+/// does.
+fn waypoint_resource(key: &str, value: Vec<u8>, proxies: Option<&WaypointProxies>) -> Published {
+    let viewers = Arc::new(proxies.cloned().unwrap_or_default());
+    let mut published = resource(WAYPOINT_TYPE_URL, key.to_string(), Vec::new(), value);
+    let seen_by = viewers
+        .identities
+        .iter()
+        .chain(std::iter::once(&String::new()))
+        .chain(&viewers.nodes)
+        .fold(String::new(), |all, name| all + name + "\n");
+    let body = published.resource.resource.as_ref().map(|a| &a.value[..]);
+    let version = fnv1a(&[body.unwrap_or_default(), seen_by.as_bytes()].concat());
+    Arc::make_mut(&mut published.resource).version = format!("{version:016x}");
+    published.viewers = Some(viewers);
+    published
 }
 
 impl PublishedResources {
@@ -179,8 +203,8 @@ impl PublishedResources {
             .waypoints
             .iter()
             .map(|(key, config)| {
-                let value = config.encode_to_vec();
-                let published = resource(WAYPOINT_TYPE_URL, key.clone(), Vec::new(), value);
+                let proxies = snapshot.waypoint_proxies.get(key);
+                let published = waypoint_resource(key, config.encode_to_vec(), proxies);
                 (key.clone(), published)
             })
             .collect();

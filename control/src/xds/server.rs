@@ -18,6 +18,7 @@ use dataplane::xds::proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 
+use super::caller::Caller;
 use super::resources::SharedResources;
 use super::stream::{Received, XdsStream};
 use crate::ca::{TokenSigner, authenticate};
@@ -118,13 +119,14 @@ const RESPONSES_WAITING: usize = 1;
 /// publishes are recorded as they come; a response is computed when the channel has room.
 async fn drive<R>(
     mut requests: R,
+    caller: Caller,
     mut resources: watch::Receiver<SharedResources>,
     responses: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     stats: Arc<XdsStats>,
 ) where
     R: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin,
 {
-    let mut stream = XdsStream::new(resources.borrow_and_update().clone());
+    let mut stream = XdsStream::for_caller(resources.borrow_and_update().clone(), caller);
     let mut publishes_open = true;
     // Whether the stream may have something to send: set by every request and publish,
     // cleared when it has nothing.
@@ -190,17 +192,19 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        if let Some(tokens) = &self.tokens {
-            authenticate(request.metadata(), tokens, self.clock.as_ref())
-                .inspect_err(|s| tracing::warn!(error = %s.message(), "xDS stream refused"))?;
-        }
+        let caller = match &self.tokens {
+            Some(tokens) => authenticate(request.metadata(), tokens, self.clock.as_ref())
+                .map(|claims| Caller::from_claims(&claims))
+                .inspect_err(|s| tracing::warn!(error = %s.message(), "xDS stream refused"))?,
+            None => Caller::Anonymous,
+        };
         let (tx, mut rx) = mpsc::channel(RESPONSES_WAITING);
         let stats = self.stats.clone();
         stats.streams_opened.fetch_add(1, Ordering::Relaxed);
         stats.streams_open.fetch_add(1, Ordering::Relaxed);
         let resources = self.resources.clone();
         tokio::spawn(async move {
-            drive(request.into_inner(), resources, tx, stats.clone()).await;
+            drive(request.into_inner(), caller, resources, tx, stats.clone()).await;
             stats.streams_open.fetch_sub(1, Ordering::Relaxed);
         });
         let out = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));

@@ -14,7 +14,7 @@ use dataplane::xds::proto::envoy::service::discovery::v3::{
 };
 use dataplane::xds::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 
-use super::{RESPONSES_WAITING, XdsStats, drive};
+use super::{Caller, RESPONSES_WAITING, XdsStats, drive};
 use crate::xds::MAX_RESPONSE_BYTES;
 use crate::xds::resources::SharedResources;
 use crate::xds::stream::tests::{Client, publish, subscribe};
@@ -45,7 +45,13 @@ fn start(initial: SharedResources) -> Driven {
     let (publishes, watched) = watch::channel(initial);
     let stats = Arc::new(XdsStats::default());
     let requests_stream = futures_util::stream::poll_fn(move |cx| incoming.poll_recv(cx));
-    tokio::spawn(drive(requests_stream, watched, tx, stats.clone()));
+    tokio::spawn(drive(
+        requests_stream,
+        Caller::Anonymous,
+        watched,
+        tx,
+        stats.clone(),
+    ));
     Driven {
         requests,
         responses,

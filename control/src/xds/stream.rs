@@ -67,6 +67,7 @@ use dataplane::xds::proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
+use super::caller::Caller;
 use super::held::{Held, Interest, first_after, least};
 use super::resources::{PublishedResources, TYPE_URLS};
 
@@ -173,15 +174,26 @@ pub enum Received {
 #[derive(Debug)]
 pub struct XdsStream {
     node: Option<String>,
+    /// Who the client is, as its token says; decides what of the waypoints' configurations
+    /// it may be sent.
+    caller: Caller,
     subscriptions: BTreeMap<String, Subscription>,
     nonce: u64,
     resources: Arc<PublishedResources>,
 }
 
 impl XdsStream {
+    /// A stream for a caller without a token: everything but the waypoints' configurations.
     pub fn new(resources: Arc<PublishedResources>) -> Self {
+        Self::for_caller(resources, Caller::Anonymous)
+    }
+
+    /// A stream for `caller`, who is sent only the waypoint configurations of waypoints it
+    /// acts as.
+    pub fn for_caller(resources: Arc<PublishedResources>, caller: Caller) -> Self {
         XdsStream {
             node: None,
+            caller,
             subscriptions: BTreeMap::new(),
             nonce: 0,
             resources,
@@ -248,7 +260,12 @@ impl XdsStream {
             return received;
         }
         let first = !self.subscriptions.contains_key(&type_url);
+        let caller = self.caller.clone();
+        let node = self.node.clone();
         let sub = self.subscriptions.entry(type_url.clone()).or_default();
+        if first {
+            sub.interest.caller = caller;
+        }
         // What the client holds, as its subscription so far saw it: for a change, name by
         // name, compared in full on the next diff. (Subscriptions change in on-demand mode,
         // where a client holds the few resources it asked for.)
@@ -290,6 +307,22 @@ impl XdsStream {
         }
         sub.held = Held::Names(held);
         sub.owed = true;
+        // Said where it is decided: a waypoint asking for a configuration it may not see is
+        // told it is absent, and would otherwise not know why.
+        let current = self.resources.of(&type_url);
+        for (name, published) in current.into_iter().flatten() {
+            if subscribe.contains(name)
+                && sub.interest.wants_any(name, published)
+                && !sub.interest.wants(name, published)
+            {
+                tracing::warn!(
+                    node = node.as_deref().unwrap_or(""),
+                    caller = ?sub.interest.caller,
+                    resource = %name,
+                    "withheld: the caller does not act as this waypoint"
+                );
+            }
+        }
         received
     }
 
@@ -452,10 +485,13 @@ impl XdsStream {
             sub.held = Held::Publish(target.clone());
             // On-demand keys nothing answers: say so, once (the client stops waiting), and
             // keep them subscribed, so a resource that appears later is sent.
+            // A key counts as answered only by what this caller may be sent: a waypoint
+            // configuration withheld from it is absent, as far as it can tell.
+            let interest = &sub.interest;
             let answered = |k: &String| {
-                current
-                    .iter()
-                    .any(|(n, p)| n == k || p.resource.aliases.iter().any(|a| a == k))
+                current.iter().any(|(n, p)| {
+                    (n == k || p.resource.aliases.iter().any(|a| a == k)) && interest.wants(n, p)
+                })
             };
             let keys = &sub.interest.keys;
             sub.absent.retain(|k| keys.contains(k) && !answered(k));

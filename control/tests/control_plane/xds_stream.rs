@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use control::xds::{PublishedResources, Received, XdsStream};
+use control::snapshot::WaypointProxies;
+use control::xds::{Caller, PublishedResources, Received, XdsStream};
 use dataplane::xds::proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node,
 };
@@ -218,6 +219,9 @@ fn waypoint_configs_go_to_waypoints_only() {
             };
             snapshot.waypoints.insert(format!("shop/{name}"), config);
         }
+        snapshot
+            .waypoint_proxies
+            .insert("shop/waypoint".into(), waypoint_proxies("node-w"));
         Arc::new(PublishedResources::encode(&snapshot, generation))
     };
     let first = publish(&["shop/echo.shop.svc.cluster.local"], 1);
@@ -237,7 +241,7 @@ fn waypoint_configs_go_to_waypoints_only() {
     }
 
     // A waypoint: its own config, by name.
-    let mut waypoint = XdsStream::new(first);
+    let mut waypoint = XdsStream::for_caller(first, waypoint_identity());
     let mut request = subscribe(WAYPOINT_TYPE_URL);
     request.resource_names_subscribe = vec!["shop/waypoint".into()];
     let (response, received) = ask(&mut waypoint, request);
@@ -378,11 +382,14 @@ fn a_subscribed_name_that_appears_later_is_sent_then() {
                     ..WaypointConfig::default()
                 },
             );
+            snapshot
+                .waypoint_proxies
+                .insert("shop/waypoint".into(), waypoint_proxies("node-w"));
         }
         Arc::new(PublishedResources::encode(&snapshot, generation))
     };
     // A waypoint that starts before istiod has its configuration: told it is absent, once.
-    let mut waypoint = XdsStream::new(publish(false, 1));
+    let mut waypoint = XdsStream::for_caller(publish(false, 1), waypoint_identity());
     let mut request = subscribe(WAYPOINT_TYPE_URL);
     request.resource_names_subscribe = vec!["shop/waypoint".into()];
     let (response, _) = ask(&mut waypoint, request);
@@ -578,4 +585,106 @@ async fn a_3_mb_nack_over_a_real_stream_is_logged_and_kept_capped() {
             == 1)
         .await
     );
+}
+
+const WAYPOINT_ID: &str = "spiffe://cluster.local/ns/shop/sa/waypoint";
+
+/// `shop/waypoint` runs as `WAYPOINT_ID` on `node`.
+fn waypoint_proxies(node: &str) -> WaypointProxies {
+    WaypointProxies {
+        identities: [WAYPOINT_ID.to_string()].into(),
+        nodes: [node.to_string()].into(),
+    }
+}
+
+fn waypoint_identity() -> Caller {
+    Caller::Workload {
+        identity: Some(WAYPOINT_ID.into()),
+    }
+}
+
+/// A waypoint's configuration lists every policy and Service behind it: it goes to the
+/// waypoint's own identity and to the node proxy of a node its pods run on, and to no one
+/// else — a caller without a token, another identity, another node's proxy are told it is
+/// absent, by name or wildcard alike. When the waypoint's pods move, who may see it follows.
+#[test]
+fn a_waypoint_config_goes_only_to_a_caller_that_acts_as_that_waypoint() {
+    use dataplane::xds::WAYPOINT_TYPE_URL;
+    use dataplane::xds::proto::ambient::waypoint::WaypointConfig;
+
+    let publish = |node: &str, generation| {
+        let mut snapshot = snapshot([10, 4, 4], "");
+        for name in ["waypoint", "other"] {
+            let config = WaypointConfig {
+                namespace: "shop".into(),
+                name: name.into(),
+                ..Default::default()
+            };
+            snapshot.waypoints.insert(format!("shop/{name}"), config);
+        }
+        snapshot
+            .waypoint_proxies
+            .insert("shop/waypoint".into(), waypoint_proxies(node));
+        Arc::new(PublishedResources::encode(&snapshot, generation))
+    };
+    let first = publish("node-w", 1);
+    let by_name = || {
+        let mut request = subscribe(WAYPOINT_TYPE_URL);
+        request.resource_names_subscribe = vec!["shop/waypoint".into()];
+        request
+    };
+    let sent = |stream: &mut XdsStream, request| {
+        let (response, _) = ask(stream, request);
+        let response = response.expect("a subscription is answered");
+        let names: Vec<String> = response.resources.iter().map(|r| r.name.clone()).collect();
+        (names, response.removed_resources)
+    };
+    let node_proxy = |node: &str| Caller::NodeProxy { node: node.into() };
+    let own = ["shop/waypoint".to_string()];
+
+    for (caller, sees) in [
+        (waypoint_identity(), true),
+        (node_proxy("node-w"), true),
+        (node_proxy("node-x"), false),
+        (Caller::Anonymous, false),
+        (
+            Caller::Workload {
+                identity: Some("spiffe://cluster.local/ns/shop/sa/web".into()),
+            },
+            false,
+        ),
+    ] {
+        let mut stream = XdsStream::for_caller(first.clone(), caller.clone());
+        let (names, removed) = sent(&mut stream, by_name());
+        if sees {
+            assert_eq!(names, own, "{caller:?}");
+        } else {
+            assert!(names.is_empty(), "{caller:?} was sent {names:?}");
+            assert_eq!(removed, own, "{caller:?} is told it is absent");
+        }
+        // Wildcard: only what the caller acts as, never another waypoint's.
+        let mut stream = XdsStream::for_caller(first.clone(), caller.clone());
+        let (names, _) = sent(&mut stream, subscribe(WAYPOINT_TYPE_URL));
+        let expected: &[String] = if sees { &own } else { &[] };
+        assert_eq!(names, expected, "{caller:?}, wildcard");
+    }
+
+    // The waypoint's pod moves from node-w to node-x: node-w's proxy loses it, node-x's
+    // gains it, the waypoint's own identity keeps it (sent again: its viewers changed).
+    let mut old_node = XdsStream::for_caller(first.clone(), node_proxy("node-w"));
+    let mut new_node = XdsStream::for_caller(first.clone(), node_proxy("node-x"));
+    sent(&mut old_node, by_name());
+    sent(&mut new_node, by_name());
+    let moved = publish("node-x", 2);
+    let pushed = push(&mut old_node, moved.clone());
+    assert_eq!(pushed.len(), 1, "{pushed:?}");
+    assert_eq!(pushed[0].removed_resources, own);
+    let pushed = push(&mut new_node, moved);
+    assert_eq!(pushed.len(), 1, "{pushed:?}");
+    let names: Vec<&str> = pushed[0]
+        .resources
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(names, ["shop/waypoint"]);
 }
