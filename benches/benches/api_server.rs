@@ -11,9 +11,9 @@
 //!   API server (one Service per ten), once a client holds every one of them.
 //!
 //! `BENCH_QUICK=1` (CI): 1 and 10 clients, three policies, 200 pods. It needs the outside
-//! components (`KUBE_APISERVER`, `KUBE_CONTROLLER_MANAGER`, `ETCD`, or `../shared/bin`) and
-//! `istiod` built in the same profile (`cargo build --release -p control`); without them it
-//! prints `SKIP` and exits 0, unless `REAL_COMPONENTS_REQUIRED=1`.
+//! components (`KUBE_APISERVER`, `KUBE_CONTROLLER_MANAGER`, `ETCD`, or `../shared/bin`), and
+//! builds `istiod` in its own profile first (as `xds_memory` does); without them it prints
+//! `SKIP` and exits 0, unless `REAL_COMPONENTS_REQUIRED=1`.
 //! Results are printed and written to `target/bench-api-server.json`.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -64,12 +64,12 @@ fn main() {
     let Some(components) = Components::find_or_skip("bench api_server") else {
         return;
     };
-    let Some(istiod) = sibling_binary("istiod") else {
-        harness::skip(
-            "bench api_server",
-            "no istiod beside this benchmark: `cargo build --release -p control` first",
-        );
-        return;
+    let istiod = match benches::istiod_binary() {
+        Ok(istiod) => istiod,
+        Err(why) => {
+            harness::skip("bench api_server", &why);
+            return;
+        }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -82,14 +82,6 @@ fn main() {
         eprintln!("writing {}: {e}", out.display());
     }
     println!("written to {}", out.display());
-}
-
-/// `name` in the directory above this executable (`target/<profile>/deps/..`): the binary of
-/// the same build profile.
-fn sibling_binary(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join(name);
-    path.is_file().then_some(path)
 }
 
 async fn run(components: Components, istiod_binary: PathBuf, sizes: Sizes) -> serde_json::Value {
@@ -134,7 +126,7 @@ async fn run(components: Components, istiod_binary: PathBuf, sizes: Sizes) -> se
 
     println!("memory: istiod's resident set by running pods in the API server");
     let watcher = Fleet::connect(&istiod, 1).await;
-    let base = rss_bytes(istiod.process.id());
+    let base = benches::rss(istiod.process.id()).unwrap_or(0);
     println!(
         "{:>7} {:>10} {:>12} {:>10}",
         "pods", "RSS MiB", "KiB/pod", "load"
@@ -149,7 +141,7 @@ async fn run(components: Components, istiod_binary: PathBuf, sizes: Sizes) -> se
         let loaded = started.elapsed();
         // Let the push settle and the allocator return what the load freed.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let rss = rss_bytes(istiod.process.id());
+        let rss = benches::rss(istiod.process.id()).unwrap_or(0);
         let per_pod = (rss.saturating_sub(base)) as f64 / pods as f64 / 1024.0;
         println!(
             "{pods:>7} {:>10.1} {per_pod:>12.1} {loaded:>10.1?}",
@@ -357,14 +349,4 @@ impl Drop for Fleet {
             task.abort();
         }
     }
-}
-
-/// `VmRSS` of `pid`, in bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
 }

@@ -28,7 +28,7 @@
 //! written to `target/bench-xds-memory.json`. Nothing is asserted.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ use futures_util::StreamExt;
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
-use benches::cluster_manifests;
+use benches::{cluster_manifests, istiod_binary, rss, target_and_profile};
 use dataplane::xds::proto::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use dataplane::xds::proto::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node,
@@ -56,86 +56,12 @@ impl Drop for Proc {
     }
 }
 
-/// The workspace's `target` directory and this benchmark's profile (`release` or `debug`),
-/// from where the running benchmark binary sits (`target/<profile>/deps/xds_memory-…`).
-fn target_and_profile() -> (PathBuf, String) {
-    let fallback = || {
-        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
-        (target, "release".to_string())
-    };
-    let Ok(exe) = std::env::current_exe() else {
-        return fallback();
-    };
-    let Some(profile_dir) = exe.parent().and_then(Path::parent) else {
-        return fallback();
-    };
-    match (
-        profile_dir.parent(),
-        profile_dir.file_name().and_then(|n| n.to_str()),
-    ) {
-        (Some(target), Some(profile)) => (target.to_path_buf(), profile.to_string()),
-        _ => fallback(),
-    }
-}
-
-/// The istiod binary to measure: `BENCH_ISTIOD`, or this profile's, built now so it is the
-/// current source's.
-fn istiod_binary() -> Result<PathBuf, String> {
-    if let Ok(path) = std::env::var("BENCH_ISTIOD") {
-        return Ok(PathBuf::from(path));
-    }
-    let (target, profile) = target_and_profile();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .args(["build", "--quiet", "-p", "control", "--bin", "istiod"]);
-    if profile != "debug" {
-        build.args(["--profile", &profile]);
-    }
-    // What `cargo bench` set for this package only: some build scripts (ring's) re-run when
-    // `CARGO_MANIFEST_DIR` differs, and istiod would then be rebuilt on every alternation
-    // between `cargo bench` and a plain `cargo build`.
-    for (name, _) in std::env::vars_os() {
-        let cargo_set = name.to_str().is_some_and(|n| {
-            n.starts_with("CARGO_PKG_")
-                || matches!(
-                    n,
-                    "CARGO_MANIFEST_DIR"
-                        | "CARGO_MANIFEST_PATH"
-                        | "CARGO_CRATE_NAME"
-                        | "CARGO_BIN_NAME"
-                        | "CARGO_PRIMARY_PACKAGE"
-                        | "OUT_DIR"
-                )
-        });
-        if cargo_set {
-            build.env_remove(name);
-        }
-    }
-    let status = build
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("building istiod failed: {status}"));
-    }
-    Ok(target.join(profile).join("istiod"))
-}
-
 /// A port free on loopback right now (istiod binds it a moment later).
 fn free_port() -> Result<u16, String> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| format!("no free port: {e}"))
-}
-
-/// `VmRSS` of `pid`, in bytes.
-fn rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 /// Samples `pid`'s RSS every 200 ms until ten samples in a row stay within 1% (or `max`
