@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/xds.proto",
         "proto/citadel.proto",
         "proto/waypoint.proto",
+        "proto/zds.proto",
     ];
     let descriptors = protox::compile(files, ["proto"])?;
     // `Any` is generated here rather than taken from prost-types, so that its `value` is

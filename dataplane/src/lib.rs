@@ -18,6 +18,7 @@ pub mod state;
 pub mod waypoint;
 pub mod xds;
 pub mod yaml_shape;
+pub mod zds;
 pub mod ztunnel;
 
 pub use listeners::{
