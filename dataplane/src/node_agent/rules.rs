@@ -18,9 +18,9 @@ use std::process::{Command, Stdio};
 /// The table every rule lives in (family `ip`).
 pub const TABLE: &str = "ztunnel";
 
-/// The mark upstream's ztunnel puts on its own sockets in a pod (`PACKET_MARK`, 1337), so that
-/// what it sends from inside the pod is not captured again.
-pub const ZTUNNEL_MARK: u32 = 0x539;
+/// The mark the ztunnel puts on its own sockets in a pod (upstream's, 1337), so what it sends
+/// from inside the pod is not captured again.
+pub use crate::seams::network::ZTUNNEL_MARK;
 
 /// The pod's ruleset, one `nft -f` script. The first two lines are nftables' idiom for
 /// "delete the table if it exists": declaring an empty table is a no-op when it is there and

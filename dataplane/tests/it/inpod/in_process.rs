@@ -1,161 +1,18 @@
-//! In-pod capture on a real kernel: a ztunnel handed two pods over ZDS opens its listeners
-//! inside their network namespaces, and a plain `connect` from one pod to the other — nothing
-//! in the application knows the mesh — is captured by the pod's rules and carried over HBONE.
-//!
-//! The test plays the node agent (ZDS server, nft rules) and runs the ztunnel in-process, its
-//! runtime's threads started inside a "node" namespace of their own; the pods sit on a private
-//! bridge. Needs root and `nft`: otherwise a `SKIP` line (a failure with
-//! `REAL_COMPONENTS_REQUIRED=1`).
+//! One ztunnel in-process, handed two pods over ZDS by the test, which plays the node agent
+//! (ZDS server, the agent's nft ruleset); its runtime's threads start inside a "node"
+//! namespace of their own, and the pods sit on a private bridge.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::OwnedFd;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dataplane::seams::{Seams, SystemClock};
-use dataplane::zds::{PodInfo, Request, ZdsListener, ZdsServerConn};
+use dataplane::zds::{Request, ZdsListener, ZdsServerConn};
 use dataplane::ztunnel::{self, Config, LocalCaProvider};
 use harness::{Lan, Netns};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::*;
 use crate::common;
-
-const A: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 2);
-const B: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 3);
-const OUTSIDER: Ipv4Addr = Ipv4Addr::new(198, 18, 7, 9);
-const APP_PORT: u16 = 8080;
-
-fn usable(test: &str) -> bool {
-    let nft = std::process::Command::new("nft").arg("--version").output();
-    let why = match (harness::netns::check(), nft) {
-        (Err(why), _) => why,
-        (Ok(()), Err(e)) => format!("`nft` not found ({e}): apt-get install -y nftables"),
-        (Ok(()), Ok(_)) => return true,
-    };
-    harness::skip(test, &why);
-    false
-}
-
-/// What the node agent installs in an enrolled pod (see `dataplane::node_agent`).
-const RULES: &str = r#"
-table ip ztunnel {}
-delete table ip ztunnel
-table ip ztunnel {
-  chain prerouting {
-    type nat hook prerouting priority -100;
-    tcp dport 15008 accept
-    iifname "lo" accept
-    meta l4proto tcp redirect to :15006
-  }
-  chain output {
-    type nat hook output priority -100;
-    meta mark 0x539 accept
-    ip daddr 127.0.0.0/8 accept
-    meta l4proto tcp redirect to :15001
-  }
-}
-"#;
-
-fn install_rules(pod: &Netns) {
-    let mut nft = pod.command("nft");
-    nft.args(["-f", "-"]).stdin(std::process::Stdio::piped());
-    let mut child = nft.spawn().unwrap();
-    child.stdin.take().unwrap().write_all_sync(RULES.as_bytes());
-    assert!(child.wait().unwrap().success(), "nft refused the rules");
-}
-
-trait WriteAllSync {
-    fn write_all_sync(self, bytes: &[u8]);
-}
-
-impl WriteAllSync for std::process::ChildStdin {
-    fn write_all_sync(mut self, bytes: &[u8]) {
-        std::io::Write::write_all(&mut self, bytes).unwrap();
-    }
-}
-
-fn topology() -> String {
-    format!(
-        r#"
-workloads:
-- uid: Kubernetes//Pod/shop/a-0
-  name: a-0
-  namespace: shop
-  serviceAccount: a
-  workloadIps: ["{A}"]
-  protocol: HBONE
-  node: node
-- uid: Kubernetes//Pod/shop/b-0
-  name: b-0
-  namespace: shop
-  serviceAccount: b
-  workloadIps: ["{B}"]
-  protocol: HBONE
-  node: node
-"#
-    )
-}
-
-/// An app in `pod` answering each connection with the address it came from.
-async fn app(pod: &Netns) {
-    let listener = pod
-        .enter(|| std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, APP_PORT)))
-        .unwrap()
-        .unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, peer)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 64];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let answer = format!("{}|{}", String::from_utf8_lossy(&buf[..n]), peer.ip());
-                let _ = s.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
-}
-
-/// A plain client in `pod`: its socket made in the pod's namespace, then `connect`.
-async fn call(pod: &Netns, to: SocketAddr) -> std::io::Result<String> {
-    let socket = pod
-        .enter(|| {
-            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-            s.set_nonblocking(true)?;
-            Ok::<_, std::io::Error>(std::net::TcpStream::from(s))
-        })
-        .unwrap()?;
-    let socket = tokio::net::TcpSocket::from_std_stream(socket);
-    let mut s = tokio::time::timeout(Duration::from_secs(3), socket.connect(to)).await??;
-    s.write_all(b"hello").await?;
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(3), s.read_to_string(&mut answer)).await??;
-    if answer.is_empty() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "closed without an answer",
-        ));
-    }
-    Ok(answer)
-}
-
-fn netns_fd(pod: &Netns) -> OwnedFd {
-    let path = Path::new("/run/netns").join(pod.name());
-    OwnedFd::from(std::fs::File::open(path).unwrap())
-}
-
-fn add(pod: &Netns, name: &str) -> Request {
-    Request::Add {
-        uid: format!("uid-{name}"),
-        pod: PodInfo {
-            name: name.into(),
-            namespace: "shop".into(),
-            service_account: name.trim_end_matches("-0").into(),
-        },
-        netns: netns_fd(pod),
-    }
-}
 
 async fn wait_ready(proxy: &ztunnel::Ztunnel) {
     for _ in 0..200 {
