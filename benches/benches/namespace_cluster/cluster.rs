@@ -331,6 +331,10 @@ impl Cluster {
                     ("INSTANCE_IP", NODE_IPS[i].to_string()),
                     ("INPOD_UDS", zds.display().to_string()),
                     ("RUST_LOG", "warn".into()),
+                    (
+                        "ZTUNNEL_WORKER_THREADS",
+                        std::env::var("ZTUNNEL_WORKER_THREADS").unwrap_or_else(|_| "2".into()),
+                    ),
                 ],
             )?;
             wait_ready(node, SocketAddr::from((NODE_IPS[i], 15021)), &mut ztunnel)?;
