@@ -296,7 +296,7 @@ impl Fleet {
                 &root,
                 Some(token),
                 "Kubernetes",
-                Arc::new(RealNetwork),
+                Arc::new(RealNetwork::default()),
                 Arc::new(SystemClock),
             )
             .expect("a control-plane client");

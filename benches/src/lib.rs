@@ -469,7 +469,13 @@ pub fn target_and_profile() -> (PathBuf, String) {
 /// The istiod binary to measure: `BENCH_ISTIOD`, or this profile's, built now so it is the
 /// current source's.
 pub fn istiod_binary() -> Result<PathBuf, String> {
-    if let Ok(path) = std::env::var("BENCH_ISTIOD") {
+    built_binary("control", "istiod", "BENCH_ISTIOD")
+}
+
+/// Binary `bin` of `package`: the path in environment variable `var` when set, or this
+/// profile's, built now so it is the current source's.
+pub fn built_binary(package: &str, bin: &str, var: &str) -> Result<PathBuf, String> {
+    if let Ok(path) = std::env::var(var) {
         return Ok(PathBuf::from(path));
     }
     let (target, profile) = target_and_profile();
@@ -477,12 +483,12 @@ pub fn istiod_binary() -> Result<PathBuf, String> {
     let mut build = Command::new(cargo);
     build
         .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .args(["build", "--quiet", "-p", "control", "--bin", "istiod"]);
+        .args(["build", "--quiet", "-p", package, "--bin", bin]);
     if profile != "debug" {
         build.args(["--profile", &profile]);
     }
     // What `cargo bench` set for this package only: some build scripts (ring's) re-run when
-    // `CARGO_MANIFEST_DIR` differs, and istiod would then be rebuilt on every alternation
+    // `CARGO_MANIFEST_DIR` differs, and the binary would then be rebuilt on every alternation
     // between `cargo bench` and a plain `cargo build`.
     for (name, _) in std::env::vars_os() {
         let cargo_set = name.to_str().is_some_and(|n| {
@@ -505,9 +511,9 @@ pub fn istiod_binary() -> Result<PathBuf, String> {
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
-        return Err(format!("building istiod failed: {status}"));
+        return Err(format!("building {bin} failed: {status}"));
     }
-    Ok(target.join(profile).join("istiod"))
+    Ok(target.join(profile).join(bin))
 }
 
 /// `VmRSS` of `pid`, in bytes.

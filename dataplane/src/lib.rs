@@ -11,6 +11,7 @@ mod listeners;
 pub mod localconfig;
 pub mod logging;
 pub mod memory;
+pub mod node_agent;
 pub mod policy;
 pub mod process;
 pub mod seams;

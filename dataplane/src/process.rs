@@ -37,6 +37,10 @@ pub enum ProcessError {
     LocalCa { dir: PathBuf, reason: String },
     #[error("control plane: {0}")]
     ControlPlane(#[from] ControlPlaneError),
+    #[error("{var}={value:?}: expected a number of threads, 1 to 1024")]
+    Threads { var: String, value: String },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Writes a new local root CA (root and key) into `dir`, for standalone runs.
@@ -179,4 +183,28 @@ fn raise_descriptor_limit() -> u64 {
         }
     }
     limit.rlim_cur
+}
+
+/// The proxy's runtime: `var` threads (upstream's `ZTUNNEL_WORKER_THREADS`, default 2). One
+/// is a current-thread runtime, with no hand-off between threads at all.
+pub fn runtime(var: &str) -> Result<tokio::runtime::Runtime, ProcessError> {
+    let threads = match std::env::var(var) {
+        Ok(value) => value
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1024).contains(n))
+            .ok_or(ProcessError::Threads {
+                var: var.to_string(),
+                value,
+            })?,
+        Err(_) => 2,
+    };
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    builder.enable_all().build().map_err(ProcessError::Runtime)
 }

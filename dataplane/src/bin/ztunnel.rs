@@ -50,6 +50,8 @@ proxy (the default) runs the node proxy. Settings come from the environment, as 
   LISTEN_IP                        the address to listen on (default 0.0.0.0)
   UNSTABLE_ENABLE_SOCKS5=true      SOCKS5 on 15080
   CONNECTION_TERMINATION_DEADLINE  how long a drain waits (default 5s)
+  INPOD_UDS                        in-pod mode: the node agent's ZDS socket
+  ZTUNNEL_WORKER_THREADS           runtime threads (default 2; 1 runs on one thread)
 gen-ca DIR writes a local root CA (root-cert.pem, ca-key.pem) for LOCAL_CA_DIR.
 ";
 
@@ -59,10 +61,7 @@ fn run() -> anyhow::Result<()> {
         None | Some("proxy") => {
             dataplane::memory::keep_freed_buffers();
             dataplane::logging::init();
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
+            let runtime = process::runtime("ZTUNNEL_WORKER_THREADS")?;
             runtime.block_on(proxy())
         }
         Some("gen-ca") => {

@@ -97,10 +97,12 @@ pub async fn open_connection(
     source: Option<IpAddr>,
     destination: SocketAddr,
 ) -> Result<Connection, HboneError> {
-    let tcp = network
-        .connect(source, destination)
-        .await
-        .map_err(|e| HboneError::Connect(destination, e))?;
+    // From inside the source pod's own namespace when this is an in-pod ztunnel.
+    let tcp = match source {
+        Some(pod) => network.connect_from_pod(pod, source, destination).await,
+        None => network.connect(None, destination).await,
+    }
+    .map_err(|e| HboneError::Connect(destination, e))?;
     // No SNI is sent (the config disables it); the name only satisfies the API.
     let name = ServerName::IpAddress(destination.ip().into());
     let mut tls_stream = TlsConnector::from(tls)

@@ -114,7 +114,7 @@ impl Client {
     ) -> Result<(H2Stream, Lease), HboneError> {
         let open = || async {
             open_connection(
-                &RealNetwork,
+                &RealNetwork::default(),
                 self.tls.clone(),
                 key.source_ip,
                 server.address,

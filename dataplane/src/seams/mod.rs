@@ -26,7 +26,7 @@ impl Seams {
     /// Real sockets, the system clock and entropy seeded from `seed`.
     pub fn real(seed: u64) -> Self {
         Seams {
-            network: Arc::new(RealNetwork),
+            network: Arc::new(RealNetwork::default()),
             clock: Arc::new(SystemClock),
             entropy: Entropy::seeded(seed),
         }

@@ -1,16 +1,19 @@
 //! The network seam: bind, accept, connect, and the addresses a connection was really made
 //! between (original destination of a captured connection, apparent source of a pod).
 
+mod pods;
 mod real;
 mod sim;
 
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use pods::ZTUNNEL_MARK;
 pub use real::RealNetwork;
 pub use sim::SimNetwork;
 
@@ -61,4 +64,49 @@ pub trait Network: Send + Sync + 'static {
     /// Resolves a host name (or an IP literal) to an address to connect to: how a ztunnel
     /// finds istiod by `XDS_ADDRESS`.
     fn resolve(&self, host: &str, port: u16) -> BoxFuture<'_, io::Result<SocketAddr>>;
+
+    /// Connects as [`Network::connect`] does, but from inside the network namespace of the
+    /// adopted pod that owns address `pod` (in-pod capture), so the connection leaves as that
+    /// pod's and the pod's own rules let it through. Where no adopted pod owns `pod`, or the
+    /// network has no namespaces, it is a plain `connect`.
+    fn connect_from_pod(
+        &self,
+        pod: IpAddr,
+        source: Option<IpAddr>,
+        destination: SocketAddr,
+    ) -> BoxFuture<'_, io::Result<BoxStream>> {
+        let _ = pod;
+        self.connect(source, destination)
+    }
+
+    /// Takes pod `uid`'s network namespace, handed over by the node agent, so that listeners
+    /// can be bound inside it and connections made from it; answers the pod's addresses.
+    /// Adopting a uid again replaces its namespace.
+    fn adopt_pod(&self, uid: &str, netns: OwnedFd) -> io::Result<Vec<IpAddr>> {
+        let _ = (uid, netns);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this network has no pod namespaces",
+        ))
+    }
+
+    /// A listener on `addr` inside adopted pod `uid`'s namespace.
+    fn bind_in_pod(
+        &self,
+        uid: &str,
+        addr: SocketAddr,
+    ) -> BoxFuture<'_, io::Result<Box<dyn Listener>>> {
+        let _ = (uid, addr);
+        Box::pin(async {
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this network has no pod namespaces",
+            ))
+        })
+    }
+
+    /// Lets go of pod `uid`'s namespace; listeners already bound in it stay until dropped.
+    fn release_pod(&self, uid: &str) {
+        let _ = uid;
+    }
 }

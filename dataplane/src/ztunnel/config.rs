@@ -91,6 +91,10 @@ pub struct Config {
     pub pod_name: String,
     pub pod_namespace: String,
     pub instance_ip: String,
+    /// In-pod capture: the node agent's ZDS socket (`INPOD_UDS`, or upstream's default when
+    /// `INPOD_ENABLED=true`). Set, the ztunnel serves each pod the agent hands it from
+    /// listeners inside that pod's network namespace.
+    pub inpod_socket: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -117,6 +121,7 @@ impl Default for Config {
             pod_name: String::new(),
             pod_namespace: String::new(),
             instance_ip: "1.1.1.1".into(),
+            inpod_socket: None,
         }
     }
 }
@@ -220,6 +225,14 @@ impl Config {
                 *slot = v;
             }
         }
+        config.inpod_socket = match (lookup("INPOD_UDS"), lookup("INPOD_ENABLED")) {
+            (Some(path), _) if !path.is_empty() => Some(PathBuf::from(path)),
+            (_, Some(v)) if v == "true" => Some(PathBuf::from(crate::zds::DEFAULT_SOCKET)),
+            (_, Some(v)) if v != "false" => {
+                return Err(err("INPOD_ENABLED", &v, "expected true or false"));
+            }
+            _ => None,
+        };
         if let Some(v) = lookup("ZTUNNEL_SEED") {
             config.seed = v
                 .parse()
@@ -264,6 +277,24 @@ mod tests {
         assert!(e.to_string().starts_with("LISTEN_IP=\"nope\""), "{e}");
         let e = Config::from_env(env(&[("SECRET_TTL", "10 years")])).unwrap_err();
         assert!(e.to_string().contains("SECRET_TTL"), "{e}");
+    }
+
+    #[test]
+    fn in_pod_mode_follows_upstream_variables() {
+        let c = Config::from_env(env(&[])).unwrap();
+        assert_eq!(c.inpod_socket, None, "off unless asked for");
+        let c = Config::from_env(env(&[("INPOD_ENABLED", "true")])).unwrap();
+        assert_eq!(
+            c.inpod_socket.as_deref(),
+            Some(std::path::Path::new("/var/run/ztunnel/ztunnel.sock"))
+        );
+        let c = Config::from_env(env(&[("INPOD_UDS", "/tmp/z.sock")])).unwrap();
+        assert_eq!(
+            c.inpod_socket.as_deref(),
+            Some(std::path::Path::new("/tmp/z.sock"))
+        );
+        let e = Config::from_env(env(&[("INPOD_ENABLED", "yes")])).unwrap_err();
+        assert!(e.to_string().contains("INPOD_ENABLED"), "{e}");
     }
 
     #[test]

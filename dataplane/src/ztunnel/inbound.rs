@@ -229,8 +229,14 @@ async fn handle_connect(inner: Arc<Inner>, workload: Arc<Workload>, incoming: In
     let target = SocketAddr::new(destination_ip, port);
     // From the client's own address where this host can (wire facts §4.5 step 6: upstream
     // spoofs the source when it can), so the workload sees who called it; the network seam
-    // falls back to the host's address.
-    let upstream = match inner.seams.network.connect(Some(peer.ip()), target).await {
+    // falls back to the host's address. In-pod, the connection is made inside the
+    // destination pod's namespace.
+    let upstream = match inner
+        .seams
+        .network
+        .connect_from_pod(target.ip(), Some(peer.ip()), target)
+        .await
+    {
         Ok(s) => s,
         Err(err) => {
             return refuse(

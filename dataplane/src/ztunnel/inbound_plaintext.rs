@@ -73,7 +73,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
     let mut upstream = match inner
         .seams
         .network
-        .connect(Some(peer.ip()), destination)
+        .connect_from_pod(destination.ip(), Some(peer.ip()), destination)
         .await
     {
         Ok(s) => Counted::new(s, counts.clone()),

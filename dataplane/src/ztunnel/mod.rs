@@ -11,6 +11,7 @@ mod connections;
 mod control_plane;
 mod inbound;
 mod inbound_plaintext;
+mod inpod;
 mod metrics;
 mod outbound;
 pub(crate) mod route;
@@ -77,6 +78,9 @@ pub(crate) struct Inner {
     pub(crate) ready: AtomicBool,
     /// Both xDS types have been answered at least once.
     pub(crate) xds_synced: Arc<AtomicBool>,
+    /// In-pod mode: the node agent's first snapshot of pods is being served (always true
+    /// otherwise).
+    pub(crate) pods_synced: AtomicBool,
     pub(crate) quit: watch::Sender<bool>,
     /// Where this ztunnel's own listeners answer: never a destination for proxied traffic.
     pub(crate) addresses: Addresses,
@@ -93,6 +97,8 @@ impl Inner {
             Some("startup")
         } else if self.config.xds_address.is_some() && !self.xds_synced.load(Ordering::Acquire) {
             Some("xDS state")
+        } else if !self.pods_synced.load(Ordering::Acquire) {
+            Some("pod snapshot")
         } else {
             None
         }
@@ -160,6 +166,62 @@ impl Addresses {
     }
 }
 
+/// Serves the three capture listeners — outbound (15001), inbound plaintext (15006) and
+/// inbound HBONE (15008) — whether they are the node's own or a pod's (in-pod mode). A pod's
+/// connections end when `pod_gone` fires or its sender drops: the pod was removed.
+pub(crate) fn spawn_traffic_listeners(
+    inner: &Arc<Inner>,
+    outbound_l: Box<dyn crate::seams::Listener>,
+    plaintext_l: Box<dyn crate::seams::Listener>,
+    inbound_l: Box<dyn crate::seams::Listener>,
+    pod_gone: Option<watch::Receiver<bool>>,
+) -> Vec<JoinHandle<()>> {
+    let drain = inner.drain.clone();
+    let plan = inner.config.descriptors;
+    // A captured or plaintext connection holds itself and its upstream; an HBONE connection
+    // holds itself, and each of its tunnels draws one more as it opens.
+    let traffic = |per_connection| {
+        ListenerCap::traffic(plan.per_traffic_listener, &inner.traffic, per_connection)
+    };
+    let mut tasks = Vec::with_capacity(3);
+    let (i, gone) = (inner.clone(), pod_gone.clone());
+    tasks.push(spawn_accept_loop(
+        outbound_l,
+        drain.clone(),
+        traffic(2),
+        move |a| {
+            let work = outbound::handle_captured(i.clone(), a.stream, a.peer, a.destination);
+            until_gone(gone.clone(), work)
+        },
+    ));
+    let (i, gone) = (inner.clone(), pod_gone.clone());
+    tasks.push(spawn_accept_loop(
+        plaintext_l,
+        drain.clone(),
+        traffic(2),
+        move |a| until_gone(gone.clone(), inbound_plaintext::serve(i.clone(), a)),
+    ));
+    let i = inner.clone();
+    tasks.push(spawn_accept_loop(inbound_l, drain, traffic(1), move |a| {
+        until_gone(pod_gone.clone(), inbound::serve(i.clone(), a))
+    }));
+    tasks
+}
+
+/// Runs a connection's `work` until it ends or, for a pod's connection, the pod is removed.
+async fn until_gone(pod_gone: Option<watch::Receiver<bool>>, work: impl Future<Output = ()>) {
+    match pod_gone {
+        None => work.await,
+        Some(mut gone) => {
+            tokio::select! {
+                biased;
+                () = signalled(&mut gone) => {}
+                () = work => {}
+            }
+        }
+    }
+}
+
 /// A running ztunnel.
 pub struct Ztunnel {
     inner: Arc<Inner>,
@@ -209,6 +271,7 @@ pub async fn run(
         admin: admin_l.local_addr(),
     };
     let descriptors = config.descriptors;
+    let inpod_socket = config.inpod_socket.clone();
     let inner = Arc::new(Inner {
         certificates: CertificateManager::new(certificates, seams.clock.clone()),
         config,
@@ -222,42 +285,17 @@ pub async fn run(
         terminate,
         ready: AtomicBool::new(false),
         xds_synced: Arc::new(AtomicBool::new(false)),
+        pods_synced: AtomicBool::new(inpod_socket.is_none()),
         quit: watch::Sender::new(false),
         addresses,
     });
 
-    let mut tasks = Vec::new();
-    let drain = inner.drain.clone();
+    let mut tasks = spawn_traffic_listeners(&inner, outbound_l, plaintext_l, inbound_l, None);
     let plan = inner.config.descriptors;
-    // A captured, plaintext or SOCKS5 connection holds itself and its upstream; an HBONE
-    // connection holds itself, and each of its tunnels draws one more as it opens.
-    let traffic = |per_connection| {
-        ListenerCap::traffic(plan.per_traffic_listener, &inner.traffic, per_connection)
-    };
-    let i = inner.clone();
-    tasks.push(spawn_accept_loop(
-        outbound_l,
-        drain.clone(),
-        traffic(2),
-        move |a| outbound::handle_captured(i.clone(), a.stream, a.peer, a.destination),
-    ));
-    let i = inner.clone();
-    tasks.push(spawn_accept_loop(
-        plaintext_l,
-        drain.clone(),
-        traffic(2),
-        move |a| inbound_plaintext::serve(i.clone(), a),
-    ));
-    let i = inner.clone();
-    tasks.push(spawn_accept_loop(
-        inbound_l,
-        drain.clone(),
-        traffic(1),
-        move |a| inbound::serve(i.clone(), a),
-    ));
     if let Some(l) = socks5_l {
         let i = inner.clone();
-        tasks.push(spawn_accept_loop(l, drain.clone(), traffic(2), move |a| {
+        let cap = ListenerCap::traffic(plan.per_traffic_listener, &inner.traffic, 2);
+        tasks.push(spawn_accept_loop(l, inner.drain.clone(), cap, move |a| {
             socks5::serve(i.clone(), a)
         }));
     }
@@ -309,6 +347,10 @@ pub async fn run(
             inner.xds_synced.clone(),
             inner.metrics.xds.clone(),
         )));
+    }
+
+    if let Some(path) = inpod_socket {
+        tasks.push(tokio::spawn(inpod::run(inner.clone(), path)));
     }
 
     // Certificates for the workloads this node serves: fetched when they arrive, renewed at

@@ -110,7 +110,7 @@ pub(crate) async fn establish(
             let stream = inner
                 .seams
                 .network
-                .connect(None, route.next_hop)
+                .connect_from_pod(peer.ip(), None, route.next_hop)
                 .await
                 .map_err(|e| OutboundError::Connect(route.next_hop, e))?;
             Upstream::Direct(stream)

@@ -4,6 +4,7 @@ mod bad_input;
 mod caps;
 mod common;
 mod hbone;
+mod inpod;
 mod loopback;
 mod processes;
 mod self_defence;

@@ -207,3 +207,20 @@ fn every_binary_answers_help_and_errors_in_one_line() {
         assert!(!stderr.contains("stack backtrace"), "{stderr}");
     }
 }
+
+#[test]
+fn a_bad_worker_thread_count_is_refused_by_name() {
+    for value in ["0", "many", "100000"] {
+        let out = Command::new(BIN)
+            .arg("proxy")
+            .env("ZTUNNEL_WORKER_THREADS", value)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{value}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("ZTUNNEL_WORKER_THREADS=\"{value}\"")),
+            "{stderr}"
+        );
+    }
+}

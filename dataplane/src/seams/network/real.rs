@@ -2,15 +2,21 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+use super::pods::PodNamespaces;
 use super::{Accepted, BoxFuture, BoxStream, Incoming, Listener, Network};
 
-/// Real sockets. Captured connections report their `SO_ORIGINAL_DST`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RealNetwork;
+/// Real sockets. Captured connections report their `SO_ORIGINAL_DST`; in in-pod mode,
+/// listeners and connections can be made inside the pods' own network namespaces.
+#[derive(Debug, Default, Clone)]
+pub struct RealNetwork {
+    pods: Arc<PodNamespaces>,
+}
 
 struct RealListener {
     inner: TcpListener,
@@ -54,6 +60,44 @@ impl Listener for RealListener {
 }
 
 impl Network for RealNetwork {
+    fn connect_from_pod(
+        &self,
+        pod: IpAddr,
+        source: Option<IpAddr>,
+        destination: SocketAddr,
+    ) -> BoxFuture<'_, io::Result<BoxStream>> {
+        Box::pin(async move {
+            let Some(socket) = self.pods.socket_from(pod, source, destination)? else {
+                return self.connect(source, destination).await;
+            };
+            let stream = socket.connect(destination).await?;
+            let stream: BoxStream = Box::new(stream);
+            Ok(stream)
+        })
+    }
+
+    fn adopt_pod(&self, uid: &str, netns: OwnedFd) -> io::Result<Vec<IpAddr>> {
+        self.pods.adopt(uid, netns)
+    }
+
+    fn bind_in_pod(
+        &self,
+        uid: &str,
+        addr: SocketAddr,
+    ) -> BoxFuture<'_, io::Result<Box<dyn Listener>>> {
+        let bound = self.pods.bind(uid, addr);
+        Box::pin(async move {
+            let inner = bound?;
+            let local = inner.local_addr()?;
+            let listener: Box<dyn Listener> = Box::new(RealListener { inner, local });
+            Ok(listener)
+        })
+    }
+
+    fn release_pod(&self, uid: &str) {
+        self.pods.release(uid);
+    }
+
     fn bind(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn Listener>>> {
         Box::pin(async move {
             let inner = TcpListener::bind(addr).await?;
@@ -111,7 +155,7 @@ mod tests {
 
     #[tokio::test]
     async fn connects_from_the_workload_address_when_it_is_local() {
-        let net = RealNetwork;
+        let net = RealNetwork::default();
         let listener = net.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let to = listener.local_addr();
         let source: IpAddr = "127.0.0.9".parse().unwrap();
