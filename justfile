@@ -9,6 +9,9 @@ test:
 robustness *ARGS:
     cargo robustness {{ARGS}}
 
+e2e *ARGS:
+    cargo e2e {{ARGS}}
+
 bench:
     cargo bench -p benches
 

@@ -34,6 +34,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use apiserver::{Cluster, Options};
+pub use at_exit::exit_on_signals;
 pub use components::{Component, Components, skip};
 pub use kubeconfig::TokenUser;
 pub use netns::{Lan, Netns};

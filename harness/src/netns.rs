@@ -168,6 +168,24 @@ impl Netns {
         ip(&all)
     }
 
+    /// A veth pair made from inside this namespace: `name` here, `peer_name` inside `peer`.
+    /// Both ends are created in place, so no interface ever appears in the host's namespace
+    /// (not even for a moment), and both go when either namespace does.
+    pub fn veth_to(&self, name: &str, peer: &Netns, peer_name: &str) -> Result<(), NetnsError> {
+        self.ip(&[
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_name,
+            "netns",
+            peer.name(),
+        ])
+    }
+
     /// `program args…` run to completion inside, e.g. `iptables`.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<(), NetnsError> {
         let mut command = self.command(program);
@@ -243,18 +261,7 @@ impl Lan {
     /// ever taken in the host's namespace.
     pub fn attach(&self, netns: &Netns, cidr: &str) -> Result<(), NetnsError> {
         let port = format!("p{}", self.ports.fetch_add(1, Ordering::Relaxed));
-        self.hub.ip(&[
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            netns.name(),
-        ])?;
+        self.hub.veth_to(&port, netns, "eth0")?;
         self.hub
             .ip(&["link", "set", &port, "master", "br0", "up"])?;
         netns.ip(&["addr", "add", cidr, "dev", "eth0"])?;

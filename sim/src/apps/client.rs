@@ -2,10 +2,10 @@
 //! request written by hand so the simulator controls every byte, and the whole answer read
 //! back: status, headers and body, framed by `Content-Length`, chunked encoding or the close).
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::Job;
 use super::echo::EchoBody;
-use super::{Conn, Job};
 use crate::scenario::{Outcome, Protocol};
 use crate::wire::marker;
 
@@ -58,15 +58,16 @@ impl Exchanged {
     }
 }
 
-/// One request on `conn`.
-pub async fn exchange(conn: &mut Conn, job: &Job) -> Exchanged {
+/// One request on `conn`: any stream, so that a real-kernel run (`e2e`) makes its requests
+/// byte for byte as the simulator does.
+pub async fn exchange<C: AsyncRead + AsyncWrite + Unpin>(conn: &mut C, job: &Job) -> Exchanged {
     match job.protocol {
         Protocol::Tcp => tcp(conn, job).await,
         Protocol::Http => http(conn, job).await.unwrap_or_else(Exchanged::refused),
     }
 }
 
-async fn tcp(conn: &mut Conn, job: &Job) -> Exchanged {
+async fn tcp<C: AsyncRead + AsyncWrite + Unpin>(conn: &mut C, job: &Job) -> Exchanged {
     let marker = marker(job.traffic, job.request);
     let mut payload = format!("{marker} from {} to {}", job.source, job.destination);
     payload.push('\n');
@@ -94,7 +95,7 @@ async fn tcp(conn: &mut Conn, job: &Job) -> Exchanged {
 }
 
 /// Reads from `conn` into `pending` until it holds `n` bytes; `None` if the peer closes first.
-async fn fill(conn: &mut Conn, pending: &mut Vec<u8>, n: usize) -> Option<()> {
+async fn fill<C: AsyncRead + Unpin>(conn: &mut C, pending: &mut Vec<u8>, n: usize) -> Option<()> {
     let mut buf = vec![0u8; 8 * 1024];
     while pending.len() < n {
         match conn.read(&mut buf).await {
@@ -106,8 +107,8 @@ async fn fill(conn: &mut Conn, pending: &mut Vec<u8>, n: usize) -> Option<()> {
 }
 
 /// Reads until `pending` holds `needle` at or after `from`; its position.
-async fn fill_until(
-    conn: &mut Conn,
+async fn fill_until<C: AsyncRead + Unpin>(
+    conn: &mut C,
     pending: &mut Vec<u8>,
     from: usize,
     needle: &[u8],
@@ -124,7 +125,7 @@ async fn fill_until(
     }
 }
 
-async fn http(conn: &mut Conn, job: &Job) -> Option<Exchanged> {
+async fn http<C: AsyncRead + AsyncWrite + Unpin>(conn: &mut C, job: &Job) -> Option<Exchanged> {
     let marker = marker(job.traffic, job.request);
     let body = job.http.body.as_deref().unwrap_or_default();
     let mut request = format!("{} {} HTTP/1.1\r\n", job.http.method, job.http.path);

@@ -13,8 +13,9 @@ use super::PodInfo;
 use crate::apps::AppKind;
 use crate::scenario::{Action, Scenario, ScenarioError, Target};
 
-/// The cluster's Node objects for the scenario's nodes: `podCIDR` 10.244.<i>.0/24.
-fn node_manifests(nodes: &[String]) -> String {
+/// The cluster's Node objects for the scenario's nodes: `podCIDR` 10.244.<i>.0/24. Public so
+/// that a real-kernel run (`e2e`) gives istiod and its own placement the same nodes.
+pub fn node_manifests(nodes: &[String]) -> String {
     nodes
         .iter()
         .enumerate()
@@ -66,8 +67,9 @@ pub(super) fn apply_to(
     Ok(())
 }
 
-/// A pod's view, reduced to what the world needs.
-pub(super) fn pod_table(store: &Store) -> BTreeMap<IpAddr, PodInfo> {
+/// Every running pod by IP, reduced to what the world needs: node, enrolment, waypoint, app
+/// ports. Public so that a real-kernel run (`e2e`) places and serves pods as the world does.
+pub fn pod_table(store: &Store) -> BTreeMap<IpAddr, PodInfo> {
     let mut table = BTreeMap::new();
     for pod in store.pods() {
         let (Some(node), Some(&ip)) = (pod.node, pod.ips.first()) else {

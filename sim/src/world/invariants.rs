@@ -448,8 +448,9 @@ impl Driver<'_> {
 
 /// Whether the shares of `seen` under each key of `weights` (as `belongs` says) miss weight /
 /// sum of weights by more than 5 percentage points, or a weight of 0 got anything: the
-/// Gateway API suite's bound for weights (gateway-api-semantics §5).
-fn share_violation<T: AsRef<str>>(
+/// Gateway API suite's bound for weights (gateway-api-semantics §5). Public so that a
+/// real-kernel run (`e2e`) judges splits by the same rule.
+pub fn share_violation<T: AsRef<str>>(
     traffic: &str,
     weights: &std::collections::BTreeMap<String, u32>,
     seen: &[T],

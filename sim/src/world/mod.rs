@@ -46,11 +46,14 @@ use crate::trace::Trace;
 use crate::wire::{WireReport, WireTap};
 
 use cluster::{Prepared, apply_to, prepare};
+pub use cluster::{node_manifests, pod_table};
 use fingerprint::Fingerprint;
+pub use invariants::share_violation;
 pub use output::{Delivery, RequestRecord, RunOutput, Violation};
 use panics::{PANICS, install_panic_hook};
 use shared::Inbox;
-pub(crate) use shared::{PodInfo, Shared};
+pub use shared::PodInfo;
+pub(crate) use shared::Shared;
 
 /// The simulation's wall-clock start, 2026-01-01T00:00:00Z. Fixed, so certificate validity and
 /// everything derived from wall-clock time is the same in every run.

@@ -22,7 +22,7 @@ use crate::trace::Trace;
 
 /// A pod as the world knows it: where it runs and what it listens on.
 #[derive(Debug, Clone)]
-pub(crate) struct PodInfo {
+pub struct PodInfo {
     pub namespace: String,
     pub name: String,
     pub node: String,
