@@ -32,6 +32,7 @@ pub mod processes;
 pub mod runner;
 pub mod topology;
 pub mod traffic;
+pub mod wire;
 
 pub use cluster::{Cluster, Options};
 pub use placement::Placement;

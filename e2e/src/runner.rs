@@ -9,14 +9,10 @@ use sim::scenario::{Action, Capture, Scenario};
 
 use crate::cluster::{Cluster, Options};
 use crate::placement::Placement;
-use crate::{Error, judge, traffic};
+use crate::{Error, judge, traffic, wire};
 
 /// The scenario invariants a kernel run does not check, and why: listed once per run.
 pub const NOT_CHECKED: &[(&str, &str)] = &[
-    (
-        "plaintext",
-        "no tap on the wire between nodes (a traffic's `encrypted` is not checked)",
-    ),
     ("leaks", "no task or connection counts inside the processes"),
     (
         "convergence",
@@ -176,14 +172,42 @@ pub async fn run_scenario(scenario: &Scenario, options: &Options) -> Verdict {
         },
         cluster.dir().display()
     );
+    // The wire between nodes, for the plaintext invariant (with a data plane to check).
+    let tap = match options
+        .dataplane
+        .then(|| wire::Tap::start(cluster.topology()))
+    {
+        Some(Ok(tap)) => Some(tap),
+        Some(Err(e)) => return fail(e.to_string()),
+        None => None,
+    };
     let scenario = Rc::new(scenario.clone());
     let steps = tokio::task::spawn_local(timeline(cluster.clone(), scenario.clone()));
     let records = traffic::drive(cluster.clone(), scenario.clone()).await;
     let steps = steps.await;
     tokio::time::sleep(traffic::DRAIN).await;
     let deliveries = cluster.deliveries();
+    let wire = tap.map(|tap| tap.finish(&scenario, &placement));
+    if let Some(Ok(report)) = &wire {
+        eprintln!(
+            "  {name}: wire between nodes: {} flows between pods, {} of them HBONE and nothing but TLS records",
+            report.pod_flows, report.tls_flows
+        );
+    }
+    let wire_problem = match &wire {
+        Some(Err(e)) => Some(e.to_string()),
+        Some(Ok(report)) => report.violations.first().map(|first| {
+            let n = report.violations.len();
+            format!(
+                "[plaintext] {first} ({n} violation{} in all)",
+                if n == 1 { "" } else { "s" }
+            )
+        }),
+        None => None,
+    };
     let verdict = match steps {
         Ok(Err(e)) => fail(e.to_string()),
+        Ok(Ok(())) if wire_problem.is_some() => fail(wire_problem.unwrap_or_default()),
         Err(e) => fail(format!("the timeline task failed: {e}")),
         Ok(Ok(())) => match cluster.exited() {
             Some(e) => fail(format!("[panic] {e}")),

@@ -261,7 +261,10 @@ impl Cluster {
         // Thousands of short connections per round, each leaving the client's end in
         // TIME_WAIT: let new connections reuse those ports, and use all of them, so the
         // connection rate measures the path rather than a search for a free port.
-        for setting in ["net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65000"] {
+        for setting in [
+            "net.ipv4.tcp_tw_reuse=1",
+            "net.ipv4.ip_local_port_range=1024 65000",
+        ] {
             client.netns.exec("sysctl", &["-qw", setting]).map_err(e)?;
         }
         let server = pod("server-0", "server", 1, SERVER_IP)?;
