@@ -17,7 +17,7 @@ use crate::case::{Base, Case, RequestSpec};
 use crate::check::check;
 use crate::policy::{self, PolicyBase, PolicyCase};
 use crate::profiles::Profile;
-use crate::targets::{Answer, CaseRun, Observation, Target};
+use crate::targets::{Answer, CaseRun, Observation, Target, TargetError};
 use sim::apps::echo::EchoBody;
 
 /// Consecutive matching tries that make a pass.
@@ -93,6 +93,7 @@ pub fn run_case(target: &dyn Target, base: &Base, case: &Case) -> CaseResult {
         Some(reason) => (Verdict::Skip(reason.clone()), Vec::new()),
         None => match target.run(base, case) {
             Ok(run) => judge_all(case, &run),
+            Err(TargetError::Skip(reason)) => (Verdict::Skip(reason), Vec::new()),
             Err(e) => (
                 Verdict::Fail(e.to_string()),
                 case.requests
@@ -109,7 +110,7 @@ pub fn run_case(target: &dyn Target, base: &Base, case: &Case) -> CaseResult {
         profile: Some(case.profile),
         features: case.features.clone(),
         provisional: case.provisional,
-        attempts: if case.skip.is_some() {
+        attempts: if matches!(verdict, Verdict::Skip(_)) {
             0
         } else {
             case.requests.len()
@@ -155,6 +156,7 @@ pub fn run_policy_case(target: &dyn Target, base: &PolicyBase, case: &PolicyCase
                     }
                 }
             }
+            Err(TargetError::Skip(reason)) => Verdict::Skip(reason),
             Err(e) => {
                 failures.extend(
                     case.attempts
@@ -179,7 +181,7 @@ pub fn run_policy_case(target: &dyn Target, base: &PolicyBase, case: &PolicyCase
         profile: None,
         features: Vec::new(),
         provisional: false,
-        attempts: if case.skip.is_some() {
+        attempts: if matches!(verdict, Verdict::Skip(_)) {
             0
         } else {
             case.checks()

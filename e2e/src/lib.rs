@@ -36,7 +36,7 @@ pub mod wire;
 
 pub use cluster::{Cluster, Options};
 pub use placement::Placement;
-pub use runner::{Verdict, run_scenario};
+pub use runner::{NotRun, Recorded, Verdict, run_recorded, run_scenario};
 
 /// Why a cluster could not be built, started or driven.
 #[derive(Debug, thiserror::Error)]

@@ -237,3 +237,85 @@ pub async fn run_scenario(scenario: &Scenario, options: &Options) -> Verdict {
     cluster.stop();
     verdict
 }
+
+/// Everything a run observed, for a caller that judges it by its own rules (the conformance
+/// runner's `local` target).
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Every request, in the order started.
+    pub records: Vec<sim::RequestRecord>,
+    /// What the applications received.
+    pub deliveries: Vec<sim::Delivery>,
+    /// A process that exited, a timeline step that failed, or bytes on the wire that should
+    /// not have been there.
+    pub problem: Option<String>,
+}
+
+/// Why [`run_recorded`] has nothing to show.
+#[derive(Debug, Clone)]
+pub enum NotRun {
+    /// The kernel or this build cannot realise the scenario; the reason says what.
+    Skip(String),
+    /// The cluster did not start.
+    Fail(String),
+}
+
+/// Runs `scenario` as [`run_scenario`] does, but returns what was observed instead of a
+/// verdict. Must run on the runtime's `LocalSet`.
+pub async fn run_recorded(scenario: &Scenario, options: &Options) -> Result<Recorded, NotRun> {
+    let placement = Placement::of(scenario).map_err(|e| NotRun::Fail(e.to_string()))?;
+    if let Some(reason) = unsupported(scenario, &placement, options.dataplane) {
+        return Err(NotRun::Skip(reason));
+    }
+    let cluster = Rc::new(
+        Cluster::start(scenario, options)
+            .await
+            .map_err(|e| NotRun::Fail(format!("the cluster did not start: {e}")))?,
+    );
+    let tap = match options
+        .dataplane
+        .then(|| wire::Tap::start(cluster.topology()))
+    {
+        Some(Ok(tap)) => Some(tap),
+        Some(Err(e)) => return Err(NotRun::Fail(e.to_string())),
+        None => None,
+    };
+    let scenario = Rc::new(scenario.clone());
+    let steps = tokio::task::spawn_local(timeline(cluster.clone(), scenario.clone()));
+    let records = traffic::drive(cluster.clone(), scenario.clone()).await;
+    let steps = steps.await;
+    tokio::time::sleep(traffic::DRAIN).await;
+    let deliveries = cluster.deliveries();
+    let mut problems = Vec::new();
+    match steps {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => problems.push(e.to_string()),
+        Err(e) => problems.push(format!("the timeline task failed: {e}")),
+    }
+    if let Some(e) = cluster.exited() {
+        problems.push(format!("[panic] {e}"));
+    }
+    match tap.map(|tap| tap.finish(&scenario, &placement)) {
+        Some(Ok(report)) => problems.extend(
+            report
+                .violations
+                .into_iter()
+                .map(|v| format!("[plaintext] {v}")),
+        ),
+        Some(Err(e)) => problems.push(e.to_string()),
+        None => {}
+    }
+    if !problems.is_empty() {
+        eprintln!(
+            "  {}: the processes' logs end:\n{}",
+            scenario.name,
+            cluster.logs()
+        );
+    }
+    cluster.stop();
+    Ok(Recorded {
+        records,
+        deliveries,
+        problem: (!problems.is_empty()).then(|| problems.join("; ")),
+    })
+}

@@ -4,6 +4,7 @@
 //! judges; a target only observes. A policy case (`crate::policy`) is run the same way, and
 //! its target also reports who denied each try, as far as it can tell.
 
+pub mod local;
 pub mod sim;
 
 use crate::case::{Base, Case};
@@ -67,8 +68,11 @@ pub struct CaseRun {
 pub enum TargetError {
     #[error("the case cannot be set up: {0}")]
     Setup(String),
-    #[error("target {0} is not available yet")]
+    #[error("target {0} is not available")]
     Unavailable(String),
+    /// The target cannot realise this case; the reason says what. Reported as a skip.
+    #[error("{0}")]
+    Skip(String),
 }
 
 /// A place cases run: the simulator, the namespace cluster, a kind cluster.
@@ -89,6 +93,7 @@ pub trait Target {
 pub fn by_name(name: &str, seed: u64) -> Result<Box<dyn Target>, TargetError> {
     match name {
         "sim" => Ok(Box::new(sim::SimTarget::new(seed))),
+        "local" => Ok(Box::new(local::LocalTarget::new(seed)?)),
         other => Err(TargetError::Unavailable(other.to_string())),
     }
 }

@@ -138,15 +138,54 @@ fn response(r: &HttpResponse) -> Response {
 }
 
 /// Which pods received each request, by (traffic, request number).
-fn received_by(output: &sim::RunOutput) -> BTreeMap<(usize, u64), Vec<String>> {
+fn received_by(deliveries: &[sim::Delivery]) -> BTreeMap<(usize, u64), Vec<String>> {
     let mut received: BTreeMap<(usize, u64), Vec<String>> = BTreeMap::new();
-    for d in &output.deliveries {
+    for d in deliveries {
         received
             .entry((d.traffic, d.request))
             .or_default()
             .push(d.pod.clone());
     }
     received
+}
+
+/// Each request's tries, in the order sent, from a run's records and deliveries: what every
+/// target that runs a case as a scenario (the simulator, the namespace cluster) reports.
+pub(super) fn observations(
+    requests: &[sim::RequestRecord],
+    deliveries: &[sim::Delivery],
+    count: usize,
+) -> Vec<Vec<Observation>> {
+    let mut received = received_by(deliveries);
+    let mut tries: Vec<Vec<(u64, Observation)>> = vec![Vec::new(); count];
+    for record in requests {
+        let Some(list) = tries.get_mut(record.traffic) else {
+            continue;
+        };
+        let answer = match (&record.response, record.outcome) {
+            (Some(r), _) => Answer::Response(response(r)),
+            (None, Outcome::Succeed) => Answer::Echoed,
+            (None, Outcome::Timeout) => Answer::Timeout,
+            (None, _) => Answer::Refused,
+        };
+        list.push((
+            record.request,
+            Observation {
+                at_ms: u64::try_from(record.started.as_millis()).unwrap_or(u64::MAX),
+                answer,
+                received_by: received
+                    .remove(&(record.traffic, record.request))
+                    .unwrap_or_default(),
+            },
+        ));
+    }
+    tries
+        .into_iter()
+        .map(|mut list| {
+            list.sort_by_key(|(n, _)| *n);
+            list.into_iter().map(|(_, o)| o).collect()
+        })
+        .collect()
 }
 
 impl Target for SimTarget {
@@ -165,36 +204,7 @@ impl Target for SimTarget {
             .map_err(|e| TargetError::Setup(e.message))?;
         let report = sim::run_scenario(&scenario, self.seed);
         let output = &report.output;
-        let mut received = received_by(output);
-        let mut tries: Vec<Vec<(u64, Observation)>> = vec![Vec::new(); case.requests.len()];
-        for record in &output.requests {
-            let Some(list) = tries.get_mut(record.traffic) else {
-                continue;
-            };
-            let answer = match (&record.response, record.outcome) {
-                (Some(r), _) => Answer::Response(response(r)),
-                (None, Outcome::Succeed) => Answer::Echoed,
-                (None, Outcome::Timeout) => Answer::Timeout,
-                (None, _) => Answer::Refused,
-            };
-            list.push((
-                record.request,
-                Observation {
-                    at_ms: u64::try_from(record.started.as_millis()).unwrap_or(u64::MAX),
-                    answer,
-                    received_by: received
-                        .remove(&(record.traffic, record.request))
-                        .unwrap_or_default(),
-                },
-            ));
-        }
-        let tries = tries
-            .into_iter()
-            .map(|mut list| {
-                list.sort_by_key(|(n, _)| *n);
-                list.into_iter().map(|(_, o)| o).collect()
-            })
-            .collect();
+        let tries = observations(&output.requests, &output.deliveries, case.requests.len());
         let problem = run_problem(output);
         Ok(CaseRun {
             tries,
@@ -456,7 +466,7 @@ fn policy_tries(
             ))
         })
         .collect();
-    let mut received = received_by(output);
+    let mut received = received_by(&output.deliveries);
     let mut records: Vec<Vec<&sim::RequestRecord>> = vec![Vec::new(); case.attempts.len()];
     for record in &output.requests {
         if let Some(list) = records.get_mut(record.traffic) {
