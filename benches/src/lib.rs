@@ -7,7 +7,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -479,40 +478,7 @@ pub fn built_binary(package: &str, bin: &str, var: &str) -> Result<PathBuf, Stri
         return Ok(PathBuf::from(path));
     }
     let (target, profile) = target_and_profile();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .args(["build", "--quiet", "-p", package, "--bin", bin]);
-    if profile != "debug" {
-        build.args(["--profile", &profile]);
-    }
-    // What `cargo bench` set for this package only: some build scripts (ring's) re-run when
-    // `CARGO_MANIFEST_DIR` differs, and the binary would then be rebuilt on every alternation
-    // between `cargo bench` and a plain `cargo build`.
-    for (name, _) in std::env::vars_os() {
-        let cargo_set = name.to_str().is_some_and(|n| {
-            n.starts_with("CARGO_PKG_")
-                || matches!(
-                    n,
-                    "CARGO_MANIFEST_DIR"
-                        | "CARGO_MANIFEST_PATH"
-                        | "CARGO_CRATE_NAME"
-                        | "CARGO_BIN_NAME"
-                        | "CARGO_PRIMARY_PACKAGE"
-                        | "OUT_DIR"
-                )
-        });
-        if cargo_set {
-            build.env_remove(name);
-        }
-    }
-    let status = build
-        .status()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!("building {bin} failed: {status}"));
-    }
+    harness::build::cargo_build(&["-p", package, "--bin", bin], &profile)?;
     Ok(target.join(profile).join(bin))
 }
 

@@ -63,60 +63,14 @@ fn parse(raw: Vec<String>) -> anyhow::Result<Args> {
     Ok(args)
 }
 
-/// The variables `cargo run` sets for the program it runs, which a nested `cargo build` must
-/// not see (build scripts tracking them would rebuild the TLS stack), as the robustness runner
-/// does.
-fn set_by_cargo_run(name: &str) -> bool {
-    name.starts_with("CARGO_PKG_")
-        || matches!(
-            name,
-            "CARGO_MANIFEST_DIR"
-                | "CARGO_MANIFEST_PATH"
-                | "CARGO_MANIFEST_LINKS"
-                | "CARGO_CRATE_NAME"
-                | "CARGO_BIN_NAME"
-                | "CARGO_PRIMARY_PACKAGE"
-                | "CARGO_TARGET_TMPDIR"
-                | "OUT_DIR"
-        )
-}
-
-/// Builds istiod, ztunnel, waypoint (and the node agent, once it exists) in this binary's
-/// profile, so the cluster runs the current source.
+/// Builds istiod and the data plane in this binary's profile, so the cluster runs the current
+/// source.
 fn build(bin_dir: &Path) -> anyhow::Result<()> {
     let profile = bin_dir
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("release");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("no workspace directory")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    for (name, _) in std::env::vars_os() {
-        if name.to_str().is_some_and(set_by_cargo_run) {
-            command.env_remove(&name);
-        }
-    }
-    command.current_dir(workspace).args([
-        "build",
-        "--quiet",
-        "-p",
-        "control",
-        "--bin",
-        "istiod",
-        "-p",
-        "dataplane",
-        "--bins",
-    ]);
-    if profile != "debug" {
-        command.args(["--profile", profile]);
-    }
-    let status = command.status().context("running cargo build")?;
-    if !status.success() {
-        bail!("building istiod and the data plane ({profile}) failed: {status}");
-    }
-    Ok(())
+    e2e::processes::build(profile).map_err(anyhow::Error::msg)
 }
 
 fn main() {

@@ -43,6 +43,23 @@ pub struct Binaries {
 /// The binaries this runner needs, by the package that builds them.
 pub const BUILT_BY: &str = "cargo build [--release] -p control --bin istiod -p dataplane --bins";
 
+/// Builds what [`BUILT_BY`] names in `profile` (`debug`, `release`, …), so a cluster runs the
+/// current source.
+pub fn build(profile: &str) -> Result<(), String> {
+    harness::build::cargo_build(
+        &[
+            "-p",
+            "control",
+            "--bin",
+            "istiod",
+            "-p",
+            "dataplane",
+            "--bins",
+        ],
+        profile,
+    )
+}
+
 impl Binaries {
     /// `E2E_BIN_DIR`, else the directory of this executable (`target/<profile>/`; from a test,
     /// `target/<profile>/deps/`'s parent).

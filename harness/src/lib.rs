@@ -20,6 +20,7 @@
 
 pub mod apiserver;
 mod at_exit;
+pub mod build;
 pub mod capture;
 mod certs;
 pub mod components;

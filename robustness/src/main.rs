@@ -28,7 +28,6 @@ mod verdict;
 mod wire;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -109,52 +108,10 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
         .to_path_buf())
 }
 
-/// The variables `cargo run` sets for the program it runs, which a nested `cargo build` must
-/// not see: build scripts that track one of them (ring's tracks `CARGO_MANIFEST_DIR`) would
-/// find it changed from the plain `cargo build` CI ran first, and the whole TLS stack and both
-/// binaries would be rebuilt, twice per CI run.
-fn set_by_cargo_run(name: &str) -> bool {
-    name.starts_with("CARGO_PKG_")
-        || matches!(
-            name,
-            "CARGO_MANIFEST_DIR"
-                | "CARGO_MANIFEST_PATH"
-                | "CARGO_MANIFEST_LINKS"
-                | "CARGO_CRATE_NAME"
-                | "CARGO_BIN_NAME"
-                | "CARGO_PRIMARY_PACKAGE"
-                | "CARGO_TARGET_TMPDIR"
-                | "OUT_DIR"
-        )
-}
-
 /// Builds the binaries under test in the same release build as this runner.
 fn build() -> anyhow::Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    for (name, _) in std::env::vars_os() {
-        if name.to_str().is_some_and(set_by_cargo_run) {
-            command.env_remove(&name);
-        }
-    }
-    let status = command
-        .current_dir(workspace())
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "dataplane",
-            "-p",
-            "control",
-            "--bins",
-        ])
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build --release -p dataplane -p control --bins failed");
-    }
-    Ok(())
+    harness::build::cargo_build(&["-p", "dataplane", "-p", "control", "--bins"], "release")
+        .map_err(anyhow::Error::msg)
 }
 
 fn main() {

@@ -5,7 +5,6 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use e2e::processes::Binaries;
@@ -42,49 +41,7 @@ pub fn binaries() -> Binaries {
                 .and_then(|n| n.to_str())
                 .unwrap_or("debug")
                 .to_string();
-            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut build = Command::new(cargo);
-            build.current_dir(workspace).args([
-                "build",
-                "--quiet",
-                "-p",
-                "control",
-                "--bin",
-                "istiod",
-                "-p",
-                "dataplane",
-                "--bins",
-            ]);
-            if profile != "debug" {
-                build.args(["--profile", &profile]);
-            }
-            // What `cargo test` set for this package only: build scripts that track them
-            // would rebuild the TLS stack for the nested build.
-            for (name, _) in std::env::vars_os() {
-                let cargo_set = name.to_str().is_some_and(|n| {
-                    n.starts_with("CARGO_PKG_")
-                        || matches!(
-                            n,
-                            "CARGO_MANIFEST_DIR"
-                                | "CARGO_MANIFEST_PATH"
-                                | "CARGO_CRATE_NAME"
-                                | "CARGO_BIN_NAME"
-                                | "CARGO_PRIMARY_PACKAGE"
-                                | "CARGO_TARGET_TMPDIR"
-                                | "OUT_DIR"
-                        )
-                });
-                if cargo_set {
-                    build.env_remove(name);
-                }
-            }
-            let status = build.status().map_err(|e| format!("running cargo: {e}"))?;
-            if !status.success() {
-                return Err(format!(
-                    "building istiod and the data plane failed: {status}"
-                ));
-            }
+            e2e::processes::build(&profile)?;
             Ok(binaries)
         })
         .clone()
