@@ -70,6 +70,22 @@ fn a_plain_connect_between_pods_is_captured_and_carried_over_hbone() {
                 .unwrap();
             assert!(!proxy.is_ready(), "not ready before the pod snapshot");
             let conn = ZdsServerConn::accept(&agent).await.unwrap();
+            // A descriptor that is no network namespace is refused in the ack, by pod, and
+            // the connection goes on.
+            let bogus = Request::Add {
+                uid: "uid-bogus".into(),
+                pod: dataplane::zds::PodInfo {
+                    name: "bogus-0".into(),
+                    namespace: "shop".into(),
+                    service_account: "bogus".into(),
+                },
+                netns: std::fs::File::open("/dev/null").unwrap().into(),
+            };
+            let refused = conn.request(&bogus).await.unwrap().unwrap_err();
+            assert!(
+                refused.contains("shop/bogus-0") && refused.contains("network namespace"),
+                "{refused}"
+            );
             for request in [add(a, "a-0"), add(b, "b-0"), Request::SnapshotSent] {
                 assert_eq!(conn.request(&request).await.unwrap(), Ok(()));
             }
