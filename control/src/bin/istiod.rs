@@ -5,6 +5,7 @@
 //! istiod [--config-dir PATH]... [--kube] [--state-dir DIR] [--listen IP] [--port N] [--tls-port N]
 //!        [--trust-domain TD] [--cluster-id ID] [--service-cidr CIDR] [--debounce DURATION]
 //!        [--serving-name NAME]... [--write-root-cert FILE] [--mesh-config FILE]
+//!        [--config-poll DURATION]
 //! istiod --config-dir PATH... --check
 //! istiod --state-dir DIR --issue-token NODE [--identity spiffe://…] [--token-ttl DURATION]
 //! istiod explain --config-dir PATH... --from NS/POD --to HOST:PORT [--method M] [--path P]
@@ -12,6 +13,10 @@
 //! istiod rotate-root begin|advance|finish|status --state-dir DIR [--activate-after DURATION]
 //!        [--overlap DURATION] [--trust-domain TD]
 //! ```
+//!
+//! Served from `--config-dir`, istiod re-reads the files when they change (checked every
+//! `--config-poll`, 1s by default, `0s` never): objects gone from them are deleted, the rest
+//! applied; files that do not load or that the store refuses change nothing.
 //!
 //! `rotate-root` changes the state directory; an istiod serving from it follows within
 //! seconds, and one started later comes back in the same phase.
@@ -40,7 +45,7 @@ use dataplane::ztunnel::parse_duration;
 const USAGE: &str = "usage: istiod [--config-dir PATH]... [--kube] [--state-dir DIR] [--listen IP] \
 [--port N] [--tls-port N] [--trust-domain TD] [--cluster-id ID] [--service-cidr CIDR] \
 [--debounce DURATION] [--serving-name NAME]... [--write-root-cert FILE] [--mesh-config FILE] \
-[--check]\n       \
+[--config-poll DURATION] [--check]\n       \
 istiod --state-dir DIR --issue-token NODE [--identity SPIFFE-ID] [--token-ttl DURATION]\n       \
 istiod explain --config-dir PATH... --from NS/POD --to HOST:PORT [--method M] [--path P] \
 [--header NAME:VALUE]... [--json]\n       \
@@ -52,6 +57,8 @@ struct Args {
     config: Vec<PathBuf>,
     kube: bool,
     check: bool,
+    /// How often a served `--config-dir` is checked for changes; zero: never.
+    config_poll: Option<Duration>,
     state_dir: Option<PathBuf>,
     write_root_cert: Option<PathBuf>,
     issue_token: Option<String>,
@@ -128,6 +135,7 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
             "--cluster-id" => args.istiod.mesh.cluster_id = value()?,
             "--service-cidr" => args.service_cidr = Some(value()?),
             "--serving-name" => args.istiod.serving_names.push(value()?),
+            "--config-poll" => args.config_poll = Some(duration(value()?)?),
             "--debounce" => args.istiod.debounce = duration(value()?)?,
             "--secret-ttl" => args.istiod.certificate_ttl = duration(value()?)?,
             "--from" | "--to" | "--method" | "--path" | "--header" | "--json"
@@ -211,6 +219,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let stop = dataplane::process::stop_signal();
     let config = store_config(&args)?;
     let mut store = Store::new(config);
+    // Before the first read, so an edit made during it is read again, not missed.
+    let watch = sources::watch::ConfigWatch::new(args.config.clone());
     if !args.config.is_empty() {
         let loaded = sources::load_paths(&args.config)?;
         let count = loaded.len();
@@ -243,6 +253,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     }
     let shared = SharedStore::new(store);
     istiod.follow(shared.clone());
+    let poll = args.config_poll.unwrap_or(DEFAULT_CONFIG_POLL);
+    if let Some(watch) = watch.filter(|_| !args.config.is_empty() && !poll.is_zero()) {
+        follow_config(watch, poll, shared.clone())?;
+    }
     if args.kube {
         let client = kube::Client::try_default()
             .await
@@ -269,6 +283,51 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     tracing::info!("{why}; draining: listeners close and xDS streams end now");
     istiod.shutdown();
     tracing::info!("drained; exiting");
+    Ok(())
+}
+
+/// How often a served `--config-dir` is checked for edits unless `--config-poll` says.
+const DEFAULT_CONFIG_POLL: Duration = Duration::from_secs(1);
+
+/// Re-reads the configuration files whenever they change, on a thread of its own (the reads
+/// block; the runtime's workers keep serving xDS and certificates meanwhile).
+fn follow_config(
+    mut watch: sources::watch::ConfigWatch,
+    poll: Duration,
+    shared: SharedStore,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("config-watch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(poll);
+                let Some(loaded) = watch.changed() else {
+                    continue;
+                };
+                let synced = loaded.and_then(|loaded| {
+                    let count = loaded.len();
+                    let store = shared.inner();
+                    let mut store = store
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    sources::watch::sync_loaded(&mut store, loaded).map(|c| (c, count))
+                });
+                match synced {
+                    Ok((true, count)) => {
+                        shared.mark_changed();
+                        tracing::info!(objects = count, "configuration changed; reloaded");
+                    }
+                    Ok((false, _)) => {
+                        tracing::debug!("configuration files touched; nothing changed")
+                    }
+                    Err(error) => tracing::warn!(
+                        error = %error,
+                        "configuration not reloaded: still serving the last good one"
+                    ),
+                }
+            }
+        })
+        .context("starting the config-dir watch")?;
     Ok(())
 }
 

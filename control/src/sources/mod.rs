@@ -7,6 +7,7 @@
 mod fuzz;
 pub mod kube;
 mod limits;
+pub mod watch;
 mod yaml;
 
 use std::collections::{HashMap, HashSet};

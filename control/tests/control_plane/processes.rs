@@ -220,6 +220,7 @@ async fn istiod_and_two_ztunnel_processes_carry_traffic_from_manifests() {
             .args(["--config-dir", dir.join("cluster.yaml").to_str().unwrap()])
             .args(["--state-dir", state.to_str().unwrap()])
             .args(["--listen", &ip(net, 1).to_string()])
+            .args(["--config-poll", "100ms"])
             .args([
                 "--write-root-cert",
                 dir.join("root-cert.pem").to_str().unwrap(),
@@ -264,7 +265,51 @@ async fn istiod_and_two_ztunnel_processes_carry_traffic_from_manifests() {
         server_log.contains("src.identity=\"spiffe://cluster.local/ns/shop/sa/web\""),
         "the server side logs the verified client identity:\n{server_log}"
     );
+
+    // The served file is watched: an edit changes the mesh without a restart.
+    let edit = |text: String| {
+        let staged = dir.join("cluster.yaml.staged");
+        std::fs::write(&staged, text).unwrap();
+        std::fs::rename(&staged, dir.join("cluster.yaml")).unwrap();
+    };
+    edit(manifests(net, "cluster.local/ns/shop/sa/nobody"));
+    assert!(
+        until(|| async { !through_mesh(net).await }).await,
+        "web was still let through after the policy was edited to allow nobody"
+    );
+    // A malformed edit is refused, and the last good configuration goes on being served.
+    edit(format!(
+        "{}---\nkind: [unclosed\n",
+        manifests(net, "cluster.local/ns/shop/sa/web")
+    ));
+    let istiod_log = dir.join("istiod.log");
+    assert!(
+        until(|| async {
+            std::fs::read_to_string(&istiod_log)
+                .unwrap_or_default()
+                .contains("configuration not reloaded")
+        })
+        .await,
+        "istiod did not say it refused the malformed edit"
+    );
+    assert!(!through_mesh(net).await, "a refused edit changed the mesh");
+    edit(manifests(net, "cluster.local/ns/shop/sa/web"));
+    assert!(
+        until(|| through_mesh(net)).await,
+        "web was not let through again after the fixed edit"
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether `check` comes true within 10 s, asked every 50 ms.
+async fn until<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) -> bool {
+    for _ in 0..200 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 #[tokio::test]
