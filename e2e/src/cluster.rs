@@ -22,13 +22,14 @@ use std::time::Duration;
 
 use harness::Process;
 use sim::apps::{Exchanged, Job};
-use sim::scenario::{ISTIOD, Outcome};
+use sim::scenario::{Action, ISTIOD, Outcome};
 use sim::{Delivery, RequestRecord, Scenario};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::Error;
 use crate::apps::{Apps, Clock, Deliveries};
+use crate::config_dir::ClusterManifests;
 use crate::placement::{Placement, PodInfo};
 use crate::processes::{
     Binaries, IstiodSpec, MeshEnv, NodeProcesses, NodeSpec, WaypointSpec, enroll, issue_token, tail,
@@ -143,6 +144,11 @@ pub struct Cluster {
     down: RefCell<BTreeSet<String>>,
     partitions: RefCell<BTreeSet<(String, String)>>,
     dataplane: bool,
+    /// What istiod's config dir holds, as the timeline changes it.
+    manifests: RefCell<ClusterManifests>,
+    config_dir: PathBuf,
+    /// The scenario's file, for errors in its timeline's manifests.
+    file: String,
 }
 
 impl Cluster {
@@ -225,6 +231,9 @@ impl Cluster {
             down: RefCell::default(),
             partitions: RefCell::default(),
             dataplane: options.dataplane,
+            manifests: RefCell::new(ClusterManifests::new(&scenario.cluster, &scenario.file)?),
+            config_dir,
+            file: scenario.file.clone(),
         };
         cluster.start_istiod().await?;
         let names: Vec<String> = cluster.nodes.keys().cloned().collect();
@@ -242,6 +251,16 @@ impl Cluster {
         }
         cluster.clock.start();
         Ok(cluster)
+    }
+
+    /// A timeline `apply` or `delete`: istiod's config dir is rewritten, and istiod (which
+    /// follows it) pushes the change. The runner has checked that it moves no pod.
+    pub fn change(&self, action: &Action) -> Result<(), Error> {
+        let mut manifests = self.manifests.borrow_mut();
+        if manifests.step(action, &self.file)? {
+            manifests.write(&self.config_dir)?;
+        }
+        Ok(())
     }
 
     /// Where everything is: what traffic resolves its sources and destinations with.

@@ -17,7 +17,8 @@
 //!   namespace ([`traffic`]), judged by the scenario's expectations with the simulator's rules
 //!   ([`judge`]).
 //!
-//! What a kernel cannot do here (timeline `apply`/`delete`, `advanceClock`, `latency`/`loss`,
+//! What a kernel cannot do here (a timeline `apply`/`delete` that adds or moves pods,
+//! `advanceClock`, `latency`/`loss`,
 //! `rotateRoot`) makes a scenario `SKIP` with the reason ([`runner::unsupported`]).
 //!
 //! Needs root and `ip`, `nft`, `sysctl`; everything made (namespaces, processes, the run
@@ -25,6 +26,7 @@
 
 pub mod apps;
 pub mod cluster;
+pub mod config_dir;
 pub mod judge;
 pub mod net;
 pub mod placement;

@@ -87,6 +87,12 @@ impl Placement {
     /// The placement the simulator (and istiod, given [`Placement::write_config`]) computes
     /// for `scenario`'s initial cluster. Timeline `apply`/`delete` steps are not included.
     pub fn of(scenario: &Scenario) -> Result<Placement, Error> {
+        Placement::with_cluster(scenario, &scenario.cluster)
+    }
+
+    /// The placement of `scenario`'s nodes with `cluster` as its manifests (what a timeline
+    /// step would make of it).
+    pub fn with_cluster(scenario: &Scenario, cluster: &str) -> Result<Placement, Error> {
         if scenario.nodes.len() > MAX_NODES {
             return Err(Error::Unsupported(format!(
                 "{} nodes: the LAN has addresses for {MAX_NODES}",
@@ -98,7 +104,7 @@ impl Placement {
             parse_str(text, file).map_err(|e| Error::Manifests(e.to_string()))
         };
         let mut loaded = manifests(&node_manifests, "nodes.yaml")?;
-        loaded.extend(manifests(&scenario.cluster, &scenario.file)?);
+        loaded.extend(manifests(cluster, &scenario.file)?);
         let mut store = Store::new(StoreConfig::default());
         apply_loaded(&mut store, loaded).map_err(|e| Error::Manifests(e.to_string()))?;
 
@@ -125,7 +131,7 @@ impl Placement {
             pods,
             services,
             node_manifests,
-            cluster: scenario.cluster.clone(),
+            cluster: cluster.to_string(),
         })
     }
 

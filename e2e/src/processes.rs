@@ -222,6 +222,8 @@ impl IstiodSpec {
             millis(settings.certificate_ttl.0),
             "--debounce".into(),
             millis(settings.debounce.0),
+            "--config-poll".into(),
+            millis(crate::config_dir::POLL),
         ];
         if !settings.mesh_config.trim().is_empty() {
             let mesh = dir.join("mesh-config.yaml");

@@ -78,11 +78,14 @@ pub fn unsupported(scenario: &Scenario, placement: &Placement, dataplane: bool) 
     };
     for step in &scenario.timeline {
         match &step.action {
-            Action::Apply { .. } | Action::Delete(_) => note(
-                "timeline apply/delete: istiod reads its --config-dir once (a restart with a new \
-                 directory could place pods differently)"
-                    .into(),
-            ),
+            // istiod follows its config dir; only a step that changes the pods is beyond us.
+            Action::Apply { .. } | Action::Delete(_) => {
+                match crate::config_dir::moves_pods(scenario, placement) {
+                    Ok(None) => {}
+                    Ok(Some(why)) => note(why),
+                    Err(e) => note(e.to_string()),
+                }
+            }
             Action::AdvanceClock(_) => note(
                 "advanceClock: a kernel has no per-process wall clock (time namespaces do not \
                  move CLOCK_REALTIME)"
@@ -130,6 +133,7 @@ async fn timeline(cluster: Rc<Cluster>, scenario: Rc<Scenario>) -> Result<(), Er
             Action::Restart(host) => cluster.restart(host).await,
             Action::Partition([a, b]) => cluster.partition(a, b),
             Action::Repair([a, b]) => cluster.repair(a, b),
+            change @ (Action::Apply { .. } | Action::Delete(_)) => cluster.change(change),
             other => Err(Error::Unsupported(other.describe())),
         };
         done.map_err(|e| Error::Process {

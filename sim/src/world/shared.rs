@@ -21,7 +21,7 @@ use crate::tasks::TaskLedger;
 use crate::trace::Trace;
 
 /// A pod as the world knows it: where it runs and what it listens on.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PodInfo {
     pub namespace: String,
     pub name: String,
