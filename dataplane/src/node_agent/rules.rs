@@ -47,13 +47,38 @@ table ip ztunnel {
 		type nat hook output priority -100; policy accept;
 		# ztunnel's own sockets in the pod (upstream's mark, 1337).
 		meta mark 0x539 accept
-		# Loopback stays inside the pod.
-		ip daddr 127.0.0.0/8 accept
+		# Loopback, and the pod calling its own address, stay inside the pod: both leave by
+		# lo (upstream's `-o lo` rule); a pod calling itself is not the mesh's business.
+		oifname "lo" accept
 		# Everything else is outbound, for ztunnel to carry.
 		meta l4proto tcp redirect to :15001
 	}
+	# ztunnel delivers to the app from the client's own address (IP_TRANSPARENT), over lo:
+	# such a connection is marked as it comes in, and the app's replies to that foreign
+	# address are marked so the pod's policy routing (`REPLY_ROUTE`) hands them back to lo,
+	# to ztunnel, instead of out of the pod (upstream's connmark 0x111 and table 100).
+	chain mark_deliveries {
+		type filter hook prerouting priority -150; policy accept;
+		iifname "lo" meta mark 0x539 ct mark set 0x111
+	}
+	chain route_replies {
+		type route hook output priority -150; policy accept;
+		ct direction reply ct mark 0x111 meta mark set 0x111
+	}
 }
 "#;
+
+/// The pod's policy routing for [`RULESET`]'s marked replies, one `ip -batch -` script: what
+/// carries mark 0x111 is local (table 100 sends everything to lo). Installed after
+/// [`REMOVE_REPLY_ROUTE`], so installing twice leaves one rule.
+pub const REPLY_ROUTE: &str = "rule add fwmark 0x111 lookup 100 pref 32764
+route replace local 0.0.0.0/0 dev lo table 100
+";
+
+/// Undoes [`REPLY_ROUTE`]; what is already gone is skipped (`-force`).
+const REMOVE_REPLY_ROUTE: &str = "rule del fwmark 0x111 lookup 100 pref 32764
+route del local 0.0.0.0/0 dev lo table 100
+";
 
 /// Deletes the table whether or not it is there (the idiom of [`RULESET`]'s first lines), so
 /// removing rules twice, or from a pod that never had them, succeeds.
@@ -71,8 +96,8 @@ pub enum RulesError {
     /// `nft` could not be started, or the namespace entered before it.
     #[error("running `{program}`: {source}")]
     Spawn { program: String, source: io::Error },
-    /// `nft` ran and refused; its stderr says why.
-    #[error("`nft {args}` failed ({status}): {stderr}")]
+    /// `nft` (or `ip`) ran and refused; its stderr says why. `args` starts with the program.
+    #[error("`{args}` failed ({status}): {stderr}")]
     Nft {
         args: String,
         status: String,
@@ -134,10 +159,12 @@ pub fn remove_at(rules: &dyn Redirection, path: &Path) -> Result<(), RulesError>
     }
 }
 
-/// The real redirection: the `nft` program, run inside the pod's namespace.
+/// The real redirection: the `nft` program for the rules and `ip` for the replies' route,
+/// both run inside the pod's namespace.
 #[derive(Debug, Clone)]
 pub struct Nft {
     program: PathBuf,
+    ip: PathBuf,
 }
 
 impl Default for Nft {
@@ -148,33 +175,38 @@ impl Default for Nft {
 }
 
 impl Nft {
-    /// `nft` at `program` (a path, or a name looked up in `PATH`).
+    /// `nft` at `program` (a path, or a name looked up in `PATH`), `ip` from `PATH`.
     pub fn new(program: impl Into<PathBuf>) -> Nft {
         Nft {
             program: program.into(),
+            ip: PathBuf::from("ip"),
         }
     }
 
-    /// Whether `nft` can be run at all (`nft --version`, in the agent's own namespace), so
-    /// that an agent without it fails when it starts rather than at its first pod.
+    /// Whether `nft` and `ip` can be run at all (`--version`/`-V`, in the agent's own
+    /// namespace), so that an agent without them fails when it starts rather than at its
+    /// first pod. Answers nft's version.
     pub fn check(&self) -> Result<String, RulesError> {
-        let program = self.program.display().to_string();
-        let out = Command::new(&self.program)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| RulesError::Spawn {
-                program: program.clone(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(RulesError::Nft {
-                args: "--version".into(),
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        let version = |program: &Path, arg: &str| -> Result<String, RulesError> {
+            let out = Command::new(program)
+                .arg(arg)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|source| RulesError::Spawn {
+                    program: program.display().to_string(),
+                    source,
+                })?;
+            if !out.status.success() {
+                return Err(RulesError::Nft {
+                    args: format!("{} {arg}", program.display()),
+                    status: out.status.to_string(),
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                });
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        version(&self.ip, "-V")?;
+        version(&self.program, "--version")
     }
 
     /// Runs `nft args…` inside `netns` with `script` on its stdin; its stdout is the answer,
@@ -185,56 +217,88 @@ impl Nft {
         args: &[&str],
         script: &str,
     ) -> Result<String, RulesError> {
-        let program = self.program.display().to_string();
-        let mut command = Command::new(&self.program);
-        command
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let raw = netns.as_raw_fd();
-        // SAFETY: the closure runs in the child between fork and exec, where only
-        // async-signal-safe work is allowed: it makes one system call (setns) and builds an
-        // io::Error from an errno, which does not allocate. `raw` stays open in the child:
-        // `netns` is borrowed for this whole function, so the parent holds it across the fork,
-        // and close-on-exec closes it only at the exec that follows.
-        unsafe {
-            command.pre_exec(move || {
-                let fd = BorrowedFd::borrow_raw(raw);
-                rustix::thread::move_into_link_name_space(
-                    fd,
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .map_err(io::Error::from)
-            });
-        }
-        let spawn_error = |source| RulesError::Spawn {
-            program: program.clone(),
-            source,
-        };
-        let mut child = command.spawn().map_err(spawn_error)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // An nft that exits before reading says why on stderr; its status is the verdict.
-            let _ = stdin.write_all(script.as_bytes());
-        }
-        let out = child.wait_with_output().map_err(spawn_error)?;
-        if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-        }
-        Err(RulesError::Nft {
-            args: args.join(" "),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+        run_in(&self.program, netns, args, script)
     }
+}
+
+/// Runs `program args…` inside `netns` with `script` on its stdin; its stdout is the answer,
+/// its stderr the error.
+fn run_in(
+    program_path: &Path,
+    netns: BorrowedFd<'_>,
+    args: &[&str],
+    script: &str,
+) -> Result<String, RulesError> {
+    let program = program_path.display().to_string();
+    let mut command = Command::new(program_path);
+    command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let raw = netns.as_raw_fd();
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe work is allowed: it makes one system call (setns) and builds an
+    // io::Error from an errno, which does not allocate. `raw` stays open in the child:
+    // `netns` is borrowed for this whole function, so the parent holds it across the fork,
+    // and close-on-exec closes it only at the exec that follows.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = BorrowedFd::borrow_raw(raw);
+            rustix::thread::move_into_link_name_space(
+                fd,
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .map_err(io::Error::from)
+        });
+    }
+    let spawn_error = |source| RulesError::Spawn {
+        program: program.clone(),
+        source,
+    };
+    let mut child = command.spawn().map_err(spawn_error)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // An nft that exits before reading says why on stderr; its status is the verdict.
+        let _ = stdin.write_all(script.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(spawn_error)?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    Err(RulesError::Nft {
+        args: format!("{program} {}", args.join(" ")),
+        status: out.status.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
 }
 
 impl Redirection for Nft {
     fn install(&self, netns: BorrowedFd<'_>) -> Result<(), RulesError> {
+        // The route first: rules that mark replies with nowhere to send them would cut the
+        // pod's delivered connections.
+        self.remove_reply_route(netns)?;
+        run_in(&self.ip, netns, &["-batch", "-"], REPLY_ROUTE)?;
         self.run(netns, &["-f", "-"], RULESET).map(drop)
     }
 
     fn remove(&self, netns: BorrowedFd<'_>) -> Result<(), RulesError> {
-        self.run(netns, &["-f", "-"], REMOVE).map(drop)
+        self.run(netns, &["-f", "-"], REMOVE)?;
+        self.remove_reply_route(netns)
+    }
+}
+
+impl Nft {
+    /// Removes the reply route; one already gone is no failure (`ip` says so in its status,
+    /// which is all a refusal here could mean), an `ip` that cannot run is.
+    fn remove_reply_route(&self, netns: BorrowedFd<'_>) -> Result<(), RulesError> {
+        match run_in(
+            &self.ip,
+            netns,
+            &["-force", "-batch", "-"],
+            REMOVE_REPLY_ROUTE,
+        ) {
+            Ok(_) | Err(RulesError::Nft { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }

@@ -64,8 +64,10 @@ pub(crate) async fn serve(inner: Arc<Inner>, accepted: Accepted) {
     };
     if !decision.allowed() {
         inner.metrics.failed.get_or_create(&labels("DENY")).inc();
+        // Logged as decided, before the client can see the close.
+        fail(&decision.to_string());
         let _ = stream.shutdown().await;
-        return fail(&decision.to_string());
+        return;
     }
     let tracked = inner.tracker.register(context, workload.uid.clone());
     let counts = Arc::new(ByteCounts::default());

@@ -51,9 +51,24 @@ fn rules_install_idempotently_and_remove_to_nothing() {
     assert_eq!(listed.matches("redirect to :15001").count(), 1, "{listed}");
     let tables = netns.nft(&["list", "tables"]).expect("list tables");
     assert_eq!(tables.trim(), "table ip ztunnel");
+    // The replies' policy routing, once too.
+    let rules = netns.ip_output(&["rule"]);
+    assert_eq!(
+        rules.matches("fwmark 0x111 lookup 100").count(),
+        1,
+        "{rules}"
+    );
+    let table = netns.ip_output(&["route", "show", "table", "100"]);
+    assert!(table.contains("local default dev lo"), "{table}");
 
     nft.remove(fd.as_fd()).expect("remove");
     assert!(!netns.has_table());
+    assert!(!netns.ip_output(&["rule"]).contains("fwmark 0x111"));
+    assert!(
+        netns
+            .ip_output(&["route", "show", "table", "100"])
+            .is_empty()
+    );
     nft.remove(fd.as_fd()).expect("removing again is fine");
     remove_at(&nft, netns.path()).expect("by path too");
 
@@ -103,14 +118,18 @@ fn outbound_goes_to_15001_with_its_original_destination_unless_marked() {
         let _client = connect(away, None).expect("captured, so accepted");
         let (accepted, _) = outbound.accept().expect("on 15001");
         assert_eq!(original_dst(&accepted), SocketAddr::V4(away));
-        // The pod's own address on a closed port too.
+        // The pod calling its own address is not captured (it leaves by lo, as upstream's
+        // `-o lo` rule has it): the closed port refuses.
         let closed = SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 1), 9);
-        let _client = connect(closed, None).expect("captured, so accepted");
-        let (accepted, _) = outbound.accept().expect("on 15001");
-        assert_eq!(original_dst(&accepted), SocketAddr::V4(closed));
-        // ztunnel's own sockets are left alone: the closed port refuses.
-        let err = connect(closed, Some(ZTUNNEL_MARK)).unwrap_err();
+        let err = connect(closed, None).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+        // ztunnel's own sockets are left alone.
+        let err = connect(away, Some(ZTUNNEL_MARK)).unwrap_err();
+        assert_ne!(
+            err.kind(),
+            ErrorKind::ConnectionRefused,
+            "not redirected: {err}"
+        );
         // So is loopback.
         let err = connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9), None).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
@@ -170,5 +189,53 @@ fn inbound_goes_to_15006_and_hbone_to_15008() {
             accepted.local_addr().expect("local"),
             SocketAddr::V4(tunnel)
         );
+    });
+}
+
+#[test]
+fn delivery_from_the_clients_address_gets_its_replies_back() {
+    if !root_or_skip("delivery_from_the_clients_address_gets_its_replies_back") {
+        return;
+    }
+    let netns = TestNetns::create("deliver");
+    netns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+    netns.ip(&["addr", "add", "10.99.0.1/24", "dev", "v0"]);
+    netns.ip(&["link", "set", "v0", "up"]);
+    netns.ip(&["link", "set", "v1", "up"]);
+    netns.ip(&["link", "set", "lo", "up"]);
+    // The client is elsewhere: its address is routed out of the pod.
+    netns.ip(&["route", "add", "default", "dev", "v0"]);
+    Nft::default()
+        .install(netns.open().as_fd())
+        .expect("install");
+    netns.within(|| {
+        use std::io::{Read, Write};
+        let app = TcpListener::bind("10.99.0.1:8080").expect("the app");
+        // What ztunnel does: a marked socket bound to the client's address.
+        let client = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 7), 0);
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        socket.set_mark(ZTUNNEL_MARK).expect("mark");
+        socket.set_ip_transparent_v4(true).expect("IP_TRANSPARENT");
+        socket.bind(&SocketAddr::V4(client).into()).expect("bind");
+        socket
+            .connect_timeout(
+                &"10.99.0.1:8080".parse::<SocketAddr>().expect("addr").into(),
+                CONNECT,
+            )
+            .expect("the app's SYN-ACK came back to the delivering socket");
+        let mut delivered: TcpStream = socket.into();
+        let (mut accepted, peer) = app.accept().expect("accepted");
+        assert_eq!(
+            peer.ip(),
+            std::net::IpAddr::V4(*client.ip()),
+            "the app sees the client"
+        );
+        accepted.write_all(b"reply").expect("write");
+        let mut reply = [0u8; 5];
+        delivered.set_read_timeout(Some(CONNECT)).expect("timeout");
+        delivered
+            .read_exact(&mut reply)
+            .expect("the reply came back");
+        assert_eq!(&reply, b"reply");
     });
 }

@@ -178,6 +178,16 @@ impl TestNetns {
         run(Command::new("ip").args(["-n", &self.name]).args(args));
     }
 
+    /// `ip args…` inside, its output.
+    pub fn ip_output(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .expect("ip runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `nft args…` inside.
     pub fn nft(&self, args: &[&str]) -> Result<String, RulesError> {
         Nft::default().run(self.open().as_fd(), args, "")

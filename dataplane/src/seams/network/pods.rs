@@ -111,10 +111,17 @@ impl PodNamespaces {
         socket.set_mark(ZTUNNEL_MARK)?;
         socket.set_tcp_nodelay(true)?;
         if let Some(ip) = source.map(|ip| ip.to_canonical())
-            && owner.addresses.contains(&ip)
             && ip.is_ipv4() == destination.is_ipv4()
         {
-            socket.bind(&SocketAddr::new(ip, 0).into())?;
+            if owner.addresses.contains(&ip) {
+                socket.bind(&SocketAddr::new(ip, 0).into())?;
+            } else if ip.is_ipv4()
+                && let Err(err) = bind_transparent(&socket, ip)
+            {
+                // Best effort, as upstream: without it the app sees the connection come from
+                // its own pod's address rather than the client's.
+                tracing::debug!(source = %ip, %err, "cannot deliver from the client's address");
+            }
         }
         let stream = std::net::TcpStream::from(socket);
         Ok(Some(tokio::net::TcpSocket::from_std_stream(stream)))
@@ -131,6 +138,14 @@ impl Table {
             }
         }
     }
+}
+
+/// Binds `socket` to a foreign IPv4 address `ip` (a client's, for delivery to the app):
+/// needs `CAP_NET_ADMIN`, and the node agent's reply routing in the pod so the app's answers
+/// come back to this socket (`node_agent::RULESET`, IPv4 only, as its capture is).
+fn bind_transparent(socket: &Socket, ip: IpAddr) -> io::Result<()> {
+    socket.set_ip_transparent_v4(true)?;
+    socket.bind(&SocketAddr::new(ip, 0).into())
 }
 
 fn tcp_socket(addr: SocketAddr) -> io::Result<Socket> {

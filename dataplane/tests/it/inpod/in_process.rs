@@ -92,10 +92,10 @@ fn a_plain_connect_between_pods_is_captured_and_carried_over_hbone() {
             wait_ready(&proxy).await;
             app(b).await;
 
-            // a → b by pod IP: captured in a, HBONE into b, delivered from inside b — so
-            // the app sees b's own address, not a's.
+            // a → b by pod IP: captured in a, HBONE into b, delivered from inside b from a's
+            // own address (IP_TRANSPARENT, the agent's reply route) — the app sees a.
             let answer = call(a, SocketAddr::from((B, APP_PORT))).await.unwrap();
-            assert_eq!(answer, format!("hello|{B}"), "carried by the ztunnel");
+            assert_eq!(answer, format!("hello|{A}"), "carried by the ztunnel");
             let metrics = proxy.metrics().encode();
             assert!(
                 metrics
@@ -112,7 +112,11 @@ fn a_plain_connect_between_pods_is_captured_and_carried_over_hbone() {
             let answer = call(outsider, SocketAddr::from((B, APP_PORT)))
                 .await
                 .unwrap();
-            assert_eq!(answer, format!("hello|{B}"), "through 15006 (PERMISSIVE)");
+            assert_eq!(
+                answer,
+                format!("hello|{OUTSIDER}"),
+                "through 15006 (PERMISSIVE), delivered from the outsider's address"
+            );
 
             // The same namespace again is a no-op; the pod keeps being served.
             assert_eq!(conn.request(&add(b, "b-0")).await.unwrap(), Ok(()));
@@ -140,7 +144,7 @@ fn a_plain_connect_between_pods_is_captured_and_carried_over_hbone() {
                 call(outsider, SocketAddr::from((B, APP_PORT)))
                     .await
                     .unwrap(),
-                format!("hello|{B}")
+                format!("hello|{OUTSIDER}")
             );
             proxy.shutdown().await;
         });

@@ -32,18 +32,13 @@ pub fn usable(test: &str) -> bool {
     false
 }
 
-/// What the node agent installs in an enrolled pod.
+/// What the node agent installs in an enrolled pod: its rules and reply route, by the agent's
+/// own code.
 pub fn install_rules(pod: &Netns) {
-    use std::io::Write;
-    let mut nft = pod.command("nft");
-    nft.args(["-f", "-"]).stdin(std::process::Stdio::piped());
-    let mut child = nft.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(dataplane::node_agent::RULESET.as_bytes())
-        .unwrap();
-    drop(stdin);
-    assert!(child.wait().unwrap().success(), "nft refused the rules");
+    use dataplane::node_agent::{Nft, Redirection, open_netns};
+    use std::os::fd::AsFd;
+    let netns = open_netns(&std::path::Path::new("/run/netns").join(pod.name())).unwrap();
+    Nft::default().install(netns.as_fd()).unwrap();
 }
 
 pub fn topology() -> String {

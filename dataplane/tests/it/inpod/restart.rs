@@ -116,7 +116,7 @@ async fn a_restarted_ztunnel_gets_its_pods_back_from_the_agent() {
     let mut open_before = open(&a, to_b).await.unwrap();
     assert_eq!(
         exchange(&mut open_before).await.unwrap(),
-        format!("hello|{B}")
+        format!("hello|{A}")
     );
 
     first.kill();
@@ -135,7 +135,7 @@ async fn a_restarted_ztunnel_gets_its_pods_back_from_the_agent() {
     let took = took.unwrap_or_else(|| panic!("no recovery: {}", _second.log_tail(3000)));
     eprintln!("in-pod ztunnel restart: new connections work {took:?} after the process started");
     assert!(took < RECOVERY_BOUND, "recovery took {took:?}");
-    assert_eq!(call(&a, to_b).await.unwrap(), format!("hello|{B}"));
+    assert_eq!(call(&a, to_b).await.unwrap(), format!("hello|{A}"));
     drop(pods);
     let _ = std::fs::remove_dir_all(&dir);
 }
