@@ -12,7 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use harness::Netns;
 use sim::Delivery;
@@ -30,6 +30,9 @@ use crate::placement::{PodInfo, identity};
 #[derive(Debug)]
 pub struct Clock {
     t0: Cell<Instant>,
+    /// The wall time at zero: what the processes' log lines are stamped with
+    /// ([`crate::logs`]).
+    wall0: Cell<SystemTime>,
 }
 
 impl Clock {
@@ -38,12 +41,19 @@ impl Clock {
     pub fn new() -> Rc<Clock> {
         Rc::new(Clock {
             t0: Cell::new(Instant::now()),
+            wall0: Cell::new(SystemTime::now()),
         })
     }
 
     /// Scenario time zero is now.
     pub fn start(&self) {
         self.t0.set(Instant::now());
+        self.wall0.set(SystemTime::now());
+    }
+
+    /// The wall time of scenario time zero.
+    pub fn wall_zero(&self) -> SystemTime {
+        self.wall0.get()
     }
 
     /// Scenario time (zero before the start).

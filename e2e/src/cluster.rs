@@ -32,7 +32,8 @@ use crate::apps::{Apps, Clock, Deliveries};
 use crate::config_dir::ClusterManifests;
 use crate::placement::{Placement, PodInfo};
 use crate::processes::{
-    Binaries, IstiodSpec, MeshEnv, NodeProcesses, NodeSpec, WaypointSpec, enroll, issue_token, tail,
+    Binaries, IstiodSpec, MeshEnv, NodeProcesses, NodeSpec, WaypointSpec, enroll, issue_token,
+    log_path, tail,
 };
 use crate::topology::Topology;
 
@@ -515,6 +516,28 @@ impl Cluster {
             }
         }
         None
+    }
+
+    /// What the ztunnels and waypoints logged, as the simulator's trace events in time order:
+    /// who decided what about each connection ([`crate::logs`]).
+    pub fn proxy_events(&self) -> Vec<sim::trace::Event> {
+        let zero = self.clock.wall_zero();
+        let hosts = self
+            .nodes
+            .keys()
+            .map(|node| (node, format!("ztunnel-{node}")))
+            .chain(
+                self.waypoints
+                    .keys()
+                    .map(|host| (host, format!("waypoint-{host}"))),
+            );
+        let mut events: Vec<sim::trace::Event> = hosts
+            .flat_map(|(host, process)| {
+                crate::logs::events(&log_path(&self.dir.path, &process), host, zero)
+            })
+            .collect();
+        events.sort_by_key(|e| e.at);
+        events
     }
 
     /// The end of every process's log, for a failure message.

@@ -28,6 +28,7 @@ pub mod apps;
 pub mod cluster;
 pub mod config_dir;
 pub mod judge;
+pub mod logs;
 pub mod net;
 pub mod placement;
 pub mod processes;

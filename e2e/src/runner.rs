@@ -250,6 +250,8 @@ pub struct Recorded {
     pub records: Vec<sim::RequestRecord>,
     /// What the applications received.
     pub deliveries: Vec<sim::Delivery>,
+    /// Every line the ztunnels and waypoints logged, at its scenario time: their decisions.
+    pub events: Vec<sim::trace::Event>,
     /// A process that exited, a timeline step that failed, or bytes on the wire that should
     /// not have been there.
     pub problem: Option<String>,
@@ -320,6 +322,7 @@ pub async fn run_recorded(scenario: &Scenario, options: &Options) -> Result<Reco
     Ok(Recorded {
         records,
         deliveries,
+        events: cluster.proxy_events(),
         problem: (!problems.is_empty()).then(|| problems.join("; ")),
     })
 }

@@ -1,5 +1,5 @@
-//! `cargo conformance [--target sim] [--suite gateway-api|policy|all] [--case ID] [--seed N]
-//! [--report FILE]`: runs the suites, prints a line per case (and a policy case's failing
+//! `cargo conformance [--target sim|local] [--suite gateway-api|policy|all] [--case ID]
+//! [--seed N] [--report FILE] [--keep]` (`--keep`: the local target's run directories stay): runs the suites, prints a line per case (and a policy case's failing
 //! attempts under it), the cases by verdict and the summary line `N cases, M attempts: P
 //! passed, F failed`, writes the Gateway API ConformanceReport (gateway-api cases only), and
 //! exits non-zero on any failure.
@@ -15,9 +15,10 @@ struct Args {
     case: Option<String>,
     seed: u64,
     report: Option<String>,
+    keep: bool,
 }
 
-const USAGE: &str = "usage: cargo conformance [--target sim] [--suite gateway-api|policy|all] [--case ID] [--seed N] [--report FILE]";
+const USAGE: &str = "usage: cargo conformance [--target sim|local] [--suite gateway-api|policy|all] [--case ID] [--seed N] [--report FILE] [--keep]";
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
@@ -26,6 +27,7 @@ fn parse_args() -> anyhow::Result<Args> {
         case: None,
         seed: DEFAULT_SEED,
         report: None,
+        keep: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -39,6 +41,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--case" => args.case = Some(value()?),
             "--seed" => args.seed = value()?.parse().context("--seed takes a number")?,
             "--report" => args.report = Some(value()?),
+            "--keep" => args.keep = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -62,7 +65,7 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<bool> {
     let args = parse_args()?;
-    let target = targets::by_name(&args.target, args.seed)?;
+    let target = targets::by_name(&args.target, args.seed, args.keep)?;
     let suites = match args.suite.as_str() {
         "all" => case::suites(),
         one => vec![one.to_string()],

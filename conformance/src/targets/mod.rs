@@ -89,11 +89,12 @@ pub trait Target {
     fn run_policy(&self, base: &PolicyBase, case: &PolicyCase) -> Result<PolicyRun, TargetError>;
 }
 
-/// The target a command-line name stands for.
-pub fn by_name(name: &str, seed: u64) -> Result<Box<dyn Target>, TargetError> {
+/// The target a command-line name stands for; `keep` keeps what a run leaves on disk (the
+/// namespace cluster's run directories, with every process's log) and says where.
+pub fn by_name(name: &str, seed: u64, keep: bool) -> Result<Box<dyn Target>, TargetError> {
     match name {
         "sim" => Ok(Box::new(sim::SimTarget::new(seed))),
-        "local" => Ok(Box::new(local::LocalTarget::new(seed)?)),
+        "local" => Ok(Box::new(local::LocalTarget::new(seed, keep)?)),
         other => Err(TargetError::Unavailable(other.to_string())),
     }
 }

@@ -231,7 +231,7 @@ const POLICY_SETTLE: Duration = Duration::from_secs(2);
 
 /// When a policy case's rounds and change happen.
 #[derive(Debug, Clone, Copy)]
-struct PolicySchedule {
+pub(super) struct PolicySchedule {
     /// Time between two tries of one attempt.
     round: Duration,
     /// When the change is applied (after the last try before it).
@@ -239,7 +239,7 @@ struct PolicySchedule {
 }
 
 impl PolicySchedule {
-    fn of(case: &PolicyCase) -> Self {
+    pub(super) fn of(case: &PolicyCase) -> Self {
         let slots = POLICY_SLOT * u32::try_from(case.attempts.len().max(1)).unwrap_or(u32::MAX);
         match case.change {
             None => PolicySchedule {
@@ -433,15 +433,20 @@ impl SimTarget {
     }
 }
 
-/// Tries of every attempt from the run's records, each with the denials logged in its window.
-fn policy_tries(
+/// Tries of every attempt from a run's records, each with the denials logged in its window
+/// (from its start to `slack` after its end):
+/// what every target that runs a policy case as a scenario reports (the simulator from its
+/// trace, the namespace cluster from the proxies' logs).
+pub(super) fn policy_tries(
     case: &PolicyCase,
     nodes: &[String],
     schedule: &PolicySchedule,
-    output: &sim::RunOutput,
+    events: &[sim::trace::Event],
+    requests: &[sim::RequestRecord],
+    deliveries: &[sim::Delivery],
+    slack: Duration,
 ) -> Vec<Vec<PolicyTry>> {
-    let denials: Vec<(Duration, Denial)> = output
-        .events
+    let denials: Vec<(Duration, Denial)> = events
         .iter()
         .filter_map(|e| {
             let decision = e
@@ -466,9 +471,9 @@ fn policy_tries(
             ))
         })
         .collect();
-    let mut received = received_by(&output.deliveries);
+    let mut received = received_by(deliveries);
     let mut records: Vec<Vec<&sim::RequestRecord>> = vec![Vec::new(); case.attempts.len()];
-    for record in &output.requests {
+    for record in requests {
         if let Some(list) = records.get_mut(record.traffic) {
             list.push(record);
         }
@@ -512,7 +517,7 @@ fn policy_tries(
                         },
                         denials: denials
                             .iter()
-                            .filter(|(at, _)| *at >= from && *at <= record.finished)
+                            .filter(|(at, _)| *at >= from && *at <= record.finished + slack)
                             .map(|(_, d)| d.clone())
                             .collect(),
                     }
@@ -566,7 +571,16 @@ impl SimTarget {
         let report = sim::run_scenario(&scenario, self.seed);
         let schedule = PolicySchedule::of(case);
         Ok(PolicyRun {
-            tries: policy_tries(case, &base.nodes, &schedule, &report.output),
+            tries: policy_tries(
+                case,
+                &base.nodes,
+                &schedule,
+                &report.output.events,
+                &report.output.requests,
+                &report.output.deliveries,
+                // One clock for the client and every proxy: a try's window is exact.
+                Duration::ZERO,
+            ),
             refusals,
             problem: run_problem(&report.output),
             replay,
