@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use harness::Process;
 use sim::apps::{Exchanged, Job};
-use sim::scenario::{Action, ISTIOD, Outcome};
+use sim::scenario::{Action, ISTIOD, Outcome, RootRotation};
 use sim::{Delivery, RequestRecord, Scenario};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -32,8 +32,8 @@ use crate::apps::{Apps, Clock, Deliveries};
 use crate::config_dir::ClusterManifests;
 use crate::placement::{Placement, PodInfo};
 use crate::processes::{
-    Binaries, IstiodSpec, MeshEnv, NodeProcesses, NodeSpec, WaypointSpec, enroll, issue_token,
-    log_path, tail,
+    Binaries, IstiodSpec, MeshEnv, NodeProcesses, NodeSpec, WaypointSpec, begin_root_rotation,
+    enroll, issue_token, log_path, tail,
 };
 use crate::topology::Topology;
 
@@ -49,7 +49,13 @@ pub struct Options {
     pub base_dir: PathBuf,
     /// Keep the run directory (config, logs, rules) instead of removing it.
     pub keep: bool,
+    /// A scenario that would take longer than this in wall time is a skip that says so
+    /// (`None`: no limit). The simulator runs minutes of scenario in seconds; a kernel does not.
+    pub max_wall: Option<Duration>,
 }
+
+/// [`Options::max_wall`] unless told otherwise: what keeps `cargo e2e` (and CI) to minutes.
+pub const DEFAULT_MAX_WALL: Duration = Duration::from_secs(3 * 60);
 
 impl Options {
     /// Binaries beside this executable, the data plane on, under the temp directory.
@@ -59,6 +65,7 @@ impl Options {
             dataplane: true,
             base_dir: std::env::temp_dir(),
             keep: false,
+            max_wall: Some(DEFAULT_MAX_WALL),
         }
     }
 }
@@ -148,6 +155,8 @@ pub struct Cluster {
     /// What istiod's config dir holds, as the timeline changes it.
     manifests: RefCell<ClusterManifests>,
     config_dir: PathBuf,
+    /// istiod's state directory (its root, a rotation's plan).
+    state_dir: PathBuf,
     /// The scenario's file, for errors in its timeline's manifests.
     file: String,
 }
@@ -234,6 +243,7 @@ impl Cluster {
             dataplane: options.dataplane,
             manifests: RefCell::new(ClusterManifests::new(&scenario.cluster, &scenario.file)?),
             config_dir,
+            state_dir,
             file: scenario.file.clone(),
         };
         cluster.start_istiod().await?;
@@ -252,6 +262,19 @@ impl Cluster {
         }
         cluster.clock.start();
         Ok(cluster)
+    }
+
+    /// A timeline `rotateRoot`: `istiod rotate-root begin` on the running istiod's state
+    /// directory, as an operator would run it.
+    pub fn rotate_root(&self, rotation: &RootRotation) -> Result<(), Error> {
+        let phase = begin_root_rotation(
+            &self.istiod.program,
+            &self.state_dir,
+            rotation.activate_after.0,
+            rotation.overlap.0,
+        )?;
+        eprintln!("            istiod rotate-root begin: {phase}");
+        Ok(())
     }
 
     /// A timeline `apply` or `delete`: istiod's config dir is rewritten, and istiod (which

@@ -17,9 +17,11 @@
 //!   namespace ([`traffic`]), judged by the scenario's expectations with the simulator's rules
 //!   ([`judge`]).
 //!
-//! What a kernel cannot do here (a timeline `apply`/`delete` that adds or moves pods,
-//! `advanceClock`, `latency`/`loss`,
-//! `rotateRoot`) makes a scenario `SKIP` with the reason ([`runner::unsupported`]).
+//! Timeline `apply`/`delete` rewrite istiod's config dir, which istiod follows
+//! ([`config_dir`]); `rotateRoot` runs `istiod rotate-root begin` on its state dir. What a kernel
+//! cannot do here (a step that adds or moves pods, `advanceClock`, `latency`/`loss`), or a
+//! scenario longer than the wall-time budget ([`Options::max_wall`]), makes a scenario `SKIP`
+//! with the reason ([`runner::unsupported`]).
 //!
 //! Needs root and `ip`, `nft`, `sysctl`; everything made (namespaces, processes, the run
 //! directory) is removed when the [`Cluster`] drops, at exit, and on SIGINT/SIGTERM.

@@ -1,8 +1,8 @@
 //! `cargo e2e`: the simulator's scenarios on the real kernel (see the crate docs).
 //!
 //! ```text
-//! cargo e2e [--no-dataplane] [--no-build] [--keep]            every sim/scenarios/*.yaml
-//! cargo e2e run FILE... [--no-dataplane] [--no-build] [--keep]
+//! cargo e2e [--no-dataplane] [--no-build] [--keep] [--long]     every sim/scenarios/*.yaml
+//! cargo e2e run FILE... [--no-dataplane] [--no-build] [--keep] [--long]
 //! ```
 //!
 //! One line per scenario (`PASS name duration=… requests=…`, `FAIL name: why`, `SKIP name:
@@ -20,12 +20,13 @@ use e2e::processes::Binaries;
 use e2e::runner::NOT_CHECKED;
 use e2e::{Options, Verdict};
 
-const USAGE: &str = "usage: cargo e2e [--no-dataplane] [--no-build] [--keep]
-       cargo e2e run FILE... [--no-dataplane] [--no-build] [--keep]
+const USAGE: &str = "usage: cargo e2e [--no-dataplane] [--no-build] [--keep] [--long]
+       cargo e2e run FILE... [--no-dataplane] [--no-build] [--keep] [--long]
 
   --no-dataplane  start no node agent or ztunnel: only scenarios where no pod is enrolled run
   --no-build      use the binaries already built beside this one (or in E2E_BIN_DIR)
   --keep          keep each run directory (config, logs, nft rules) and say where
+  --long          also run scenarios longer than 3 minutes of wall time (root-rotation: 15)
 Environment: E2E_REQUIRED=1 fails instead of skipping without root; E2E_BIN_DIR.";
 
 /// With this set to 1 (CI), a machine that cannot run the cluster fails the run.
@@ -37,6 +38,7 @@ struct Args {
     no_dataplane: bool,
     no_build: bool,
     keep: bool,
+    long: bool,
 }
 
 fn parse(raw: Vec<String>) -> anyhow::Result<Args> {
@@ -48,6 +50,7 @@ fn parse(raw: Vec<String>) -> anyhow::Result<Args> {
             "--no-dataplane" => args.no_dataplane = true,
             "--no-build" => args.no_build = true,
             "--keep" => args.keep = true,
+            "--long" => args.long = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -105,6 +108,7 @@ fn run() -> anyhow::Result<bool> {
     let options = Options {
         dataplane: !args.no_dataplane,
         keep: args.keep,
+        max_wall: (!args.long).then_some(e2e::cluster::DEFAULT_MAX_WALL),
         ..Options::new(binaries)
     };
     eprintln!("not checked on a kernel (listed once):");

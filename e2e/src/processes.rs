@@ -175,6 +175,31 @@ pub fn issue_token(
     Ok(path)
 }
 
+/// `istiod rotate-root begin` on the serving istiod's state directory (what an operator
+/// runs): the new root is trusted at once and signs after `activate_after`, the old one stays
+/// trusted `overlap` longer. The running istiod follows its state directory within seconds.
+pub fn begin_root_rotation(
+    istiod: &Path,
+    state_dir: &Path,
+    activate_after: Duration,
+    overlap: Duration,
+) -> Result<String, Error> {
+    let out = Command::new(istiod)
+        .args(["rotate-root", "begin", "--state-dir"])
+        .arg(state_dir)
+        .args(["--activate-after", &millis(activate_after)])
+        .args(["--overlap", &millis(overlap)])
+        .output()
+        .map_err(|e| Error::io(format!("running {} rotate-root begin", istiod.display()), e))?;
+    if !out.status.success() {
+        return Err(Error::Process {
+            what: format!("istiod rotate-root begin failed ({})", out.status),
+            log: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// How istiod is started, kept to start it again after a `crash`.
 #[derive(Debug, Clone)]
 pub struct IstiodSpec {

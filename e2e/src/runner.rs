@@ -68,14 +68,36 @@ impl Verdict {
     }
 }
 
+/// How long `scenario` runs in scenario time: to its last traffic's end or timeline step.
+pub fn length(scenario: &Scenario) -> Duration {
+    let traffic = scenario.traffic.iter().map(|t| t.start.0 + t.duration.0);
+    let steps = scenario.timeline.iter().map(|s| s.at);
+    traffic.chain(steps).max().unwrap_or_default()
+}
+
 /// Why `scenario` cannot run on this kernel (every reason, joined), or `None`.
-pub fn unsupported(scenario: &Scenario, placement: &Placement, dataplane: bool) -> Option<String> {
+pub fn unsupported(
+    scenario: &Scenario,
+    placement: &Placement,
+    options: &Options,
+) -> Option<String> {
+    let dataplane = options.dataplane;
     let mut why: Vec<String> = Vec::new();
     let mut note = |reason: String| {
         if !why.contains(&reason) {
             why.push(reason);
         }
     };
+    let length = length(scenario);
+    if let Some(max) = options.max_wall.filter(|max| length > *max) {
+        note(format!(
+            "runs {}s of wall time on a kernel, more than the {}s budget (`cargo e2e run {} \
+             --long` runs it)",
+            length.as_secs(),
+            max.as_secs(),
+            scenario.file
+        ));
+    }
     for step in &scenario.timeline {
         match &step.action {
             // istiod follows its config dir; only a step that changes the pods is beyond us.
@@ -94,11 +116,11 @@ pub fn unsupported(scenario: &Scenario, placement: &Placement, dataplane: bool) 
             Action::Latency(_) | Action::Loss(_) => {
                 note("latency/loss: no netem on this kernel".into())
             }
-            Action::RotateRoot(_) => note(
-                "rotateRoot: not realised yet (`istiod rotate-root begin` on the state dir would do it)"
-                    .into(),
-            ),
-            Action::Crash(_) | Action::Restart(_) | Action::Partition(_) | Action::Repair(_) => {}
+            Action::RotateRoot(_)
+            | Action::Crash(_)
+            | Action::Restart(_)
+            | Action::Partition(_)
+            | Action::Repair(_) => {}
         }
     }
     for traffic in &scenario.traffic {
@@ -134,6 +156,7 @@ async fn timeline(cluster: Rc<Cluster>, scenario: Rc<Scenario>) -> Result<(), Er
             Action::Partition([a, b]) => cluster.partition(a, b),
             Action::Repair([a, b]) => cluster.repair(a, b),
             change @ (Action::Apply { .. } | Action::Delete(_)) => cluster.change(change),
+            Action::RotateRoot(rotation) => cluster.rotate_root(rotation),
             other => Err(Error::Unsupported(other.describe())),
         };
         done.map_err(|e| Error::Process {
@@ -156,7 +179,7 @@ pub async fn run_scenario(scenario: &Scenario, options: &Options) -> Verdict {
         Ok(p) => p,
         Err(e) => return fail(e.to_string()),
     };
-    if let Some(reason) = unsupported(scenario, &placement, options.dataplane) {
+    if let Some(reason) = unsupported(scenario, &placement, options) {
         return Verdict::Skip { name, reason };
     }
     let cluster = match Cluster::start(scenario, options).await {
@@ -270,7 +293,7 @@ pub enum NotRun {
 /// verdict. Must run on the runtime's `LocalSet`.
 pub async fn run_recorded(scenario: &Scenario, options: &Options) -> Result<Recorded, NotRun> {
     let placement = Placement::of(scenario).map_err(|e| NotRun::Fail(e.to_string()))?;
-    if let Some(reason) = unsupported(scenario, &placement, options.dataplane) {
+    if let Some(reason) = unsupported(scenario, &placement, options) {
         return Err(NotRun::Skip(reason));
     }
     let cluster = Rc::new(

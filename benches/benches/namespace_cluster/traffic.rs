@@ -151,6 +151,12 @@ async fn connections(echo: SocketAddr, n: usize) -> std::io::Result<f64> {
     let start = Instant::now();
     for _ in 0..n {
         let mut s = connect(echo).await?;
+        // Closed with a reset, so no TIME_WAIT is left in the client pod: rounds of tens of
+        // thousands of connections otherwise leave every later round searching the port range
+        // for a reusable one (the rate fell from ~10,000/s to a few hundred on every path
+        // after the first round). The same on every path; what is timed is the setup and one
+        // exchange.
+        s.set_zero_linger()?;
         s.write_all(&[0x2a]).await?;
         let mut b = [0u8; 1];
         s.read_exact(&mut b).await?;
