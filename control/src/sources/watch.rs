@@ -140,17 +140,20 @@ metadata: {name: deny-web, namespace: shop}\nspec:\n  action: DENY\n  rules:\n  
             .map(|loaded| loaded.and_then(|l| sync_loaded(store, l)))
     }
 
+    /// What istiod does at start: watch, then load what is there.
+    fn serve(dir: &Dir) -> (ConfigWatch, Store) {
+        let watch = ConfigWatch::new(vec![dir.path().to_path_buf()]).expect("watchable");
+        let mut store = Store::new(StoreConfig::default());
+        let loaded = load_paths(&[dir.path().to_path_buf()]).expect("load");
+        sync_loaded(&mut store, loaded).expect("initial");
+        (watch, store)
+    }
+
     #[test]
     fn an_added_and_then_removed_policy_is_followed() {
         let dir = Dir::new("follow");
         dir.write("namespace.yaml", NAMESPACE);
-        let mut watch = ConfigWatch::new(vec![dir.path().to_path_buf()]).expect("watchable");
-        let mut store = Store::new(StoreConfig::default());
-        sync_loaded(
-            &mut store,
-            load_paths(&[dir.path().to_path_buf()]).expect("load"),
-        )
-        .expect("initial");
+        let (mut watch, mut store) = serve(&dir);
         assert!(
             poll(&mut watch, &mut store).is_none(),
             "nothing changed yet"
@@ -177,13 +180,7 @@ metadata: {name: deny-web, namespace: shop}\nspec:\n  action: DENY\n  rules:\n  
     fn bad_input_changes_nothing_and_the_next_good_edit_is_read() {
         let dir = Dir::new("bad");
         dir.write("all.yaml", &format!("{NAMESPACE}---\n{POLICY}"));
-        let mut watch = ConfigWatch::new(vec![dir.path().to_path_buf()]).expect("watchable");
-        let mut store = Store::new(StoreConfig::default());
-        sync_loaded(
-            &mut store,
-            load_paths(&[dir.path().to_path_buf()]).expect("load"),
-        )
-        .expect("initial");
+        let (mut watch, mut store) = serve(&dir);
 
         dir.write("all.yaml", &format!("{NAMESPACE}---\nkind: [unclosed\n"));
         let error = match poll(&mut watch, &mut store) {
