@@ -52,6 +52,9 @@ pub struct Options {
     /// A scenario that would take longer than this in wall time is a skip that says so
     /// (`None`: no limit). The simulator runs minutes of scenario in seconds; a kernel does not.
     pub max_wall: Option<Duration>,
+    /// Run upstream's ztunnel (this binary) on every node instead of ours, driven by our node
+    /// agent over ZDS: the agent speaks upstream's protocol.
+    pub upstream_ztunnel: Option<PathBuf>,
 }
 
 /// [`Options::max_wall`] unless told otherwise: what keeps `cargo e2e` (and CI) to minutes.
@@ -66,6 +69,7 @@ impl Options {
             base_dir: std::env::temp_dir(),
             keep: false,
             max_wall: Some(DEFAULT_MAX_WALL),
+            upstream_ztunnel: None,
         }
     }
 }
@@ -169,7 +173,11 @@ impl Cluster {
         let placement = Placement::of(scenario)?;
         let istiod_bin = options.binaries.istiod()?;
         let dataplane_bins = if options.dataplane {
-            Some((options.binaries.node_agent()?, options.binaries.ztunnel()?))
+            let ztunnel = match &options.upstream_ztunnel {
+                Some(upstream) => upstream.clone(),
+                None => options.binaries.ztunnel()?,
+            };
+            Some((options.binaries.node_agent()?, ztunnel))
         } else {
             None
         };
@@ -205,6 +213,7 @@ impl Cluster {
                     lan_ip: n.lan_ip.into(),
                     node_agent: node_agent.clone(),
                     ztunnel: ztunnel.clone(),
+                    upstream: options.upstream_ztunnel.is_some(),
                     dir: dir.path.clone(),
                     token: token(&n.name)?,
                     mesh: mesh.clone(),

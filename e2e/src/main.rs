@@ -27,6 +27,7 @@ const USAGE: &str = "usage: cargo e2e [--no-dataplane] [--no-build] [--keep] [--
   --no-build      use the binaries already built beside this one (or in E2E_BIN_DIR)
   --keep          keep each run directory (config, logs, nft rules) and say where
   --long          also run scenarios longer than 3 minutes of wall time (root-rotation: 15)
+  --upstream-ztunnel  run upstream's ztunnel (../shared/bin) on every node, driven by our node agent
 Environment: E2E_REQUIRED=1 fails instead of skipping without root; E2E_BIN_DIR.";
 
 /// With this set to 1 (CI), a machine that cannot run the cluster fails the run.
@@ -39,6 +40,7 @@ struct Args {
     no_build: bool,
     keep: bool,
     long: bool,
+    upstream: bool,
 }
 
 fn parse(raw: Vec<String>) -> anyhow::Result<Args> {
@@ -51,6 +53,7 @@ fn parse(raw: Vec<String>) -> anyhow::Result<Args> {
             "--no-build" => args.no_build = true,
             "--keep" => args.keep = true,
             "--long" => args.long = true,
+            "--upstream-ztunnel" => args.upstream = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -109,6 +112,13 @@ fn run() -> anyhow::Result<bool> {
         dataplane: !args.no_dataplane,
         keep: args.keep,
         max_wall: (!args.long).then_some(e2e::cluster::DEFAULT_MAX_WALL),
+        upstream_ztunnel: if args.upstream {
+            Some(harness::components::find(
+                harness::components::Component::UpstreamZtunnel,
+            )?)
+        } else {
+            None
+        },
         ..Options::new(binaries)
     };
     eprintln!("not checked on a kernel (listed once):");

@@ -354,6 +354,8 @@ pub struct NodeSpec {
     pub node_agent: PathBuf,
     /// The ztunnel binary.
     pub ztunnel: PathBuf,
+    /// Whether it is upstream's (which also needs its mode and istiod's certificate name).
+    pub upstream: bool,
     /// The run directory; the node's sockets are in `dir/<node>/`.
     pub dir: PathBuf,
     /// The node's token file (`istiod --issue-token`).
@@ -428,6 +430,13 @@ impl NodeSpec {
             ("INSTANCE_IP".into(), self.lan_ip.to_string()),
             ("INPOD_UDS".into(), zds_socket.display().to_string()),
         ]);
+        if self.upstream {
+            env.extend([
+                ("PROXY_MODE".into(), "shared".into()),
+                ("ALT_XDS_HOSTNAME".into(), "istiod.istio-system.svc".into()),
+                ("ALT_CA_HOSTNAME".into(), "istiod.istio-system.svc".into()),
+            ]);
+        }
         let mut ztunnel = spawn(
             netns,
             &format!("ztunnel-{}", self.node),

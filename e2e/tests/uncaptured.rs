@@ -63,6 +63,17 @@ fn scenarios_the_kernel_cannot_play_are_skipped_with_the_reason() {
     let line = verdict.line();
     assert!(verdict.skipped(), "{line}");
     assert!(line.contains("advanceClock"), "{line}");
+
+    // A timeline step that adds pods, and a scenario longer than the wall-time budget.
+    for (file, reason) in [
+        ("istiod-outage.yaml", "adds, moves or relabels pods"),
+        ("root-rotation.yaml", "--long"),
+    ] {
+        let scenario = Scenario::load(&sim::scenarios_dir().join(file)).unwrap();
+        let verdict = common::local(e2e::run_scenario(&scenario, &options()));
+        let line = verdict.line();
+        assert!(verdict.skipped() && line.contains(reason), "{line}");
+    }
 }
 
 #[test]
