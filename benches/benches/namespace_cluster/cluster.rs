@@ -258,16 +258,21 @@ impl Cluster {
             })
         };
         let client = pod("client-0", "client", 0, CLIENT_IP)?;
-        // Thousands of short connections per round, each leaving the client's end in
-        // TIME_WAIT: let new connections reuse those ports, and use all of them, so the
-        // connection rate measures the path rather than a search for a free port.
-        for setting in [
-            "net.ipv4.tcp_tw_reuse=1",
-            "net.ipv4.ip_local_port_range=1024 65000",
-        ] {
-            client.netns.exec("sysctl", &["-qw", setting]).map_err(e)?;
-        }
         let server = pod("server-0", "server", 1, SERVER_IP)?;
+        // Thousands of short connections per round, each leaving an end in TIME_WAIT — in
+        // the server pod too, where a proxy delivering to the app closes first: let new
+        // connections reuse those ports, and use all of them, so the connection rate
+        // measures the path rather than a search for a free port (without it the fifth round
+        // found none left in the server pod). The range starts above the mesh's own ports
+        // (15000–15090), or an ephemeral port can take a listener's (upstream's 15021 was).
+        for pod in [&client, &server] {
+            for setting in [
+                "net.ipv4.tcp_tw_reuse=1",
+                "net.ipv4.ip_local_port_range=16000 65000",
+            ] {
+                pod.netns.exec("sysctl", &["-qw", setting]).map_err(e)?;
+            }
+        }
 
         let root = dir.join("root-cert.pem");
         let config = dir.join("cluster.yaml");
