@@ -448,13 +448,26 @@ impl Driver<'_> {
 
 /// Whether the shares of `seen` under each key of `weights` (as `belongs` says) miss weight /
 /// sum of weights by more than 5 percentage points, or a weight of 0 got anything: the
-/// Gateway API suite's bound for weights (gateway-api-semantics §5). Public so that a
-/// real-kernel run (`e2e`) judges splits by the same rule.
+/// Gateway API suite's bound for weights (gateway-api-semantics §5).
 pub fn share_violation<T: AsRef<str>>(
     traffic: &str,
     weights: &std::collections::BTreeMap<String, u32>,
     seen: &[T],
     belongs: impl Fn(&str, &str) -> bool,
+) -> Option<String> {
+    share_violation_within(traffic, weights, seen, belongs, |_, _| 0.05)
+}
+
+/// [`share_violation`] with the allowed miss (a fraction) computed from the wanted share and
+/// the number of samples. Public so that a real-kernel run (`e2e`), whose waypoints draw from
+/// real entropy rather than a seed, judges splits by the same rule with a bound that fits its
+/// sampling noise.
+pub fn share_violation_within<T: AsRef<str>>(
+    traffic: &str,
+    weights: &std::collections::BTreeMap<String, u32>,
+    seen: &[T],
+    belongs: impl Fn(&str, &str) -> bool,
+    tolerance: impl Fn(f64, usize) -> f64,
 ) -> Option<String> {
     let total: u32 = weights.values().sum();
     if seen.is_empty() || total == 0 {
@@ -464,17 +477,19 @@ pub fn share_violation<T: AsRef<str>>(
         let got = seen.iter().filter(|s| belongs(s.as_ref(), key)).count();
         let share = got as f64 / seen.len() as f64;
         let want = f64::from(*weight) / f64::from(total);
+        let allowed = tolerance(want, seen.len());
         let wrong = if *weight == 0 {
             got > 0
         } else {
-            (share - want).abs() > 0.05
+            (share - want).abs() > allowed
         };
         if wrong {
             return Some(format!(
-                "traffic {traffic}: {key} had {got} of {} requests ({:.1}%), weight {weight} of {total} wants {:.1}% ± 5",
+                "traffic {traffic}: {key} had {got} of {} requests ({:.1}%), weight {weight} of {total} wants {:.1}% ± {:.1}",
                 seen.len(),
                 share * 100.0,
-                want * 100.0
+                want * 100.0,
+                allowed * 100.0
             ));
         }
     }

@@ -48,7 +48,7 @@ use crate::wire::{WireReport, WireTap};
 use cluster::{Prepared, apply_to, prepare};
 pub use cluster::{node_manifests, pod_table};
 use fingerprint::Fingerprint;
-pub use invariants::share_violation;
+pub use invariants::{share_violation, share_violation_within};
 pub use output::{Delivery, RequestRecord, RunOutput, Violation};
 use panics::{PANICS, install_panic_hook};
 use shared::Inbox;
