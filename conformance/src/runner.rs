@@ -86,22 +86,50 @@ impl fmt::Display for CaseResult {
     }
 }
 
+/// How many rounds a case whose only failure is a weight share may take on a target that
+/// draws from real entropy (upstream's HTTPRouteWeight: up to 10 rounds,
+/// gateway-api-semantics §5). A deterministic target gets one: another round would be the
+/// same round.
+pub const WEIGHT_ROUNDS: usize = 10;
+
 /// Runs `case` on `target` and judges it.
 pub fn run_case(target: &dyn Target, base: &Base, case: &Case) -> CaseResult {
     let started = std::time::Instant::now();
+    let rounds = if target.deterministic() {
+        1
+    } else {
+        WEIGHT_ROUNDS
+    };
     let (verdict, failures) = match &case.skip {
         Some(reason) => (Verdict::Skip(reason.clone()), Vec::new()),
-        None => match target.run(base, case) {
-            Ok(run) => judge_all(case, &run),
-            Err(TargetError::Skip(reason)) => (Verdict::Skip(reason), Vec::new()),
-            Err(e) => (
-                Verdict::Fail(e.to_string()),
-                case.requests
-                    .iter()
-                    .map(|r| format!("{}: not run", r.label()))
-                    .collect(),
-            ),
-        },
+        None => {
+            let mut round = 1;
+            loop {
+                match target.run(base, case) {
+                    Ok(run) => {
+                        let (verdict, failures, only_weights) = judge_all(case, &run);
+                        if !only_weights || round == rounds {
+                            break (verdict, failures);
+                        }
+                        eprintln!(
+                            "  {}: round {round}: a weight share out of bounds; another round",
+                            case.id
+                        );
+                        round += 1;
+                    }
+                    Err(TargetError::Skip(reason)) => break (Verdict::Skip(reason), Vec::new()),
+                    Err(e) => {
+                        break (
+                            Verdict::Fail(e.to_string()),
+                            case.requests
+                                .iter()
+                                .map(|r| format!("{}: not run", r.label()))
+                                .collect(),
+                        );
+                    }
+                }
+            }
+        }
     };
     CaseResult {
         id: case.id.clone(),
@@ -197,23 +225,39 @@ pub fn judge(case: &Case, run: &CaseRun) -> Verdict {
     judge_all(case, run).0
 }
 
-/// The verdict, and every failing request with its reason.
-fn judge_all(case: &Case, run: &CaseRun) -> (Verdict, Vec<String>) {
+/// Why a statistical request failed: a weight share out of its bound (which another round
+/// may draw within) or anything else.
+enum SamplesFailure {
+    Weights(String),
+    Other(String),
+}
+
+/// The verdict, every failing request with its reason, and whether every failure was a
+/// weight share out of bounds (and nothing else went wrong).
+fn judge_all(case: &Case, run: &CaseRun) -> (Verdict, Vec<String>, bool) {
     let replay = run
         .replay
         .as_ref()
         .map(|r| format!(" (replay: {r})"))
         .unwrap_or_default();
     let mut failures = Vec::new();
+    let mut only_weights = run.problem.is_none();
     for (index, request) in case.requests.iter().enumerate() {
         let tries = run.tries.get(index).map(Vec::as_slice).unwrap_or_default();
         let result = if request.samples.is_some() {
             judge_samples(case.profile, request, tries)
         } else {
-            judge_eventually(case.profile, request, tries)
+            judge_eventually(case.profile, request, tries).map_err(SamplesFailure::Other)
         };
-        if let Err(why) = result {
-            failures.push(format!("{}: {why}", request.label()));
+        match result {
+            Ok(()) => {}
+            Err(SamplesFailure::Weights(why)) => {
+                failures.push(format!("{}: {why}", request.label()))
+            }
+            Err(SamplesFailure::Other(why)) => {
+                only_weights = false;
+                failures.push(format!("{}: {why}", request.label()));
+            }
         }
     }
     let verdict = match (failures.first(), &run.problem) {
@@ -221,7 +265,8 @@ fn judge_all(case: &Case, run: &CaseRun) -> (Verdict, Vec<String>) {
         (None, Some(problem)) => Verdict::Fail(format!("{problem}{replay}")),
         (None, None) => Verdict::Pass,
     };
-    (verdict, failures)
+    let only_weights = only_weights && !failures.is_empty();
+    (verdict, failures, only_weights)
 }
 
 /// Passes on the first `IN_A_ROW` consecutive matching tries; else the last mismatch.
@@ -263,14 +308,18 @@ fn judge_samples(
     profile: Profile,
     request: &RequestSpec,
     samples: &[Observation],
-) -> Result<(), String> {
+) -> Result<(), SamplesFailure> {
     let wanted = request.samples.unwrap_or_default() as usize;
     if samples.len() < wanted {
-        return Err(format!("{} of {wanted} samples were sent", samples.len()));
+        return Err(SamplesFailure::Other(format!(
+            "{} of {wanted} samples were sent",
+            samples.len()
+        )));
     }
     for observed in samples {
-        check(profile, request, observed)
-            .map_err(|why| format!("sample at {}ms: {why}", observed.at_ms))?;
+        check(profile, request, observed).map_err(|why| {
+            SamplesFailure::Other(format!("sample at {}ms: {why}", observed.at_ms))
+        })?;
     }
     if let Some(weights) = &request.weights {
         let backends: Vec<String> = samples
@@ -282,7 +331,7 @@ fn judge_samples(
                 _ => None,
             })
             .collect();
-        weights_within(weights, &backends)?;
+        weights_within(weights, &backends).map_err(SamplesFailure::Weights)?;
     }
     if let Some(mirrors) = &request.mirrors {
         for (prefix, percent) in mirrors {
@@ -301,11 +350,11 @@ fn judge_samples(
             let sigma = (n * p * (1.0 - p)).sqrt();
             let (low, high) = (n * p - 3.0 * sigma, n * p + 3.0 * sigma);
             if got < low.floor() || got > high.ceil() {
-                return Err(format!(
+                return Err(SamplesFailure::Other(format!(
                     "{prefix}* received {got} mirrored copies of {n} requests; {percent}% wants {:.0}..{:.0}",
                     low.max(0.0),
                     high
-                ));
+                )));
             }
         }
     }
@@ -408,7 +457,106 @@ impl fmt::Display for Summary {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
+    use crate::policy::{PolicyBase, PolicyCase, PolicyRun};
+    use crate::targets::Response;
+
+    /// A target whose first `skewed` runs answer every sample from echo-v1, then 70/30.
+    struct Drawn {
+        deterministic: bool,
+        skewed: usize,
+        runs: Cell<usize>,
+    }
+
+    impl Target for Drawn {
+        fn name(&self) -> &'static str {
+            "drawn"
+        }
+
+        fn deterministic(&self) -> bool {
+            self.deterministic
+        }
+
+        fn run(&self, _: &Base, case: &Case) -> Result<CaseRun, TargetError> {
+            let run = self.runs.get();
+            self.runs.set(run + 1);
+            let sample = |i: u64| {
+                let pod = if run < self.skewed || i % 10 < 7 {
+                    "echo-v1-0"
+                } else {
+                    "echo-v2-0"
+                };
+                let body = sim::apps::echo::EchoBody {
+                    path: "/".into(),
+                    pod: pod.into(),
+                    ..Default::default()
+                };
+                Observation {
+                    at_ms: i,
+                    answer: Answer::Response(Response {
+                        status: 200,
+                        headers: Vec::new(),
+                        body: serde_json::to_string(&body).unwrap_or_default(),
+                    }),
+                    received_by: Vec::new(),
+                }
+            };
+            Ok(CaseRun {
+                tries: case
+                    .requests
+                    .iter()
+                    .map(|_| (0..500).map(sample).collect())
+                    .collect(),
+                problem: None,
+                replay: None,
+            })
+        }
+
+        fn run_policy(&self, _: &PolicyBase, _: &PolicyCase) -> Result<PolicyRun, TargetError> {
+            Err(TargetError::Skip("no policy".into()))
+        }
+    }
+
+    #[test]
+    fn a_weight_share_out_of_bounds_takes_another_round_only_where_draws_are_real() {
+        let dir = crate::case::suite_dir("gateway-api");
+        let base = crate::case::load_base(&dir).unwrap();
+        let case = crate::case::load_case(&dir.join("mesh-httproute-weight.yaml")).unwrap();
+        let real = Drawn {
+            deterministic: false,
+            skewed: 2,
+            runs: Cell::new(0),
+        };
+        let result = run_case(&real, &base, &case);
+        assert_eq!(result.verdict, Verdict::Pass, "{result}");
+        assert_eq!(
+            real.runs.get(),
+            3,
+            "two skewed rounds, then one within bounds"
+        );
+        let always = Drawn {
+            deterministic: false,
+            skewed: usize::MAX,
+            runs: Cell::new(0),
+        };
+        assert!(matches!(
+            run_case(&always, &base, &case).verdict,
+            Verdict::Fail(_)
+        ));
+        assert_eq!(always.runs.get(), WEIGHT_ROUNDS);
+        let seeded = Drawn {
+            deterministic: true,
+            skewed: 1,
+            runs: Cell::new(0),
+        };
+        assert!(matches!(
+            run_case(&seeded, &base, &case).verdict,
+            Verdict::Fail(_)
+        ));
+        assert_eq!(seeded.runs.get(), 1, "a seeded target is not run again");
+    }
 
     #[test]
     fn weights_are_judged_within_five_points() {

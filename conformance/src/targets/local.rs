@@ -64,6 +64,12 @@ impl Target for LocalTarget {
         "local"
     }
 
+    /// Real processes drawing from real entropy: a weight share can miss its bound by chance,
+    /// and takes another round as upstream's suite gives it.
+    fn deterministic(&self) -> bool {
+        false
+    }
+
     fn run(&self, base: &Base, case: &Case) -> Result<CaseRun, TargetError> {
         let text = self.scenarios.scenario_text(base, case)?;
         let run = self.run_scenario(&text, &case.file, &case.id)?;

@@ -80,6 +80,12 @@ pub trait Target {
     /// `sim`, `local` or `kind`.
     fn name(&self) -> &'static str;
 
+    /// Whether a case run twice sees the same (a seeded simulator): then a failed weight share
+    /// is not worth another round.
+    fn deterministic(&self) -> bool {
+        true
+    }
+
     /// Runs one case on top of `base` and reports every try of every request.
     fn run(&self, base: &Base, case: &Case) -> Result<CaseRun, TargetError>;
 
