@@ -54,12 +54,15 @@ mod tests {
         let zero = SystemTime::from(
             OffsetDateTime::parse("2026-12-07T18:00:00Z", &Rfc3339).expect("a time"),
         );
-        let line = "2026-12-07T18:00:03.250000Z\tinfo\tdataplane::ztunnel::inbound\tconnection \
-                    refused: explicitly denied by shop/deny-web rule 0\tsrc=10.244.1.2:40000";
+        // As the ztunnel writes it (`dataplane::logging`): message, then the fields.
+        let line = "2026-12-07T18:00:03.250000Z\twarn\tdataplane::ztunnel::inbound_plaintext\t\
+                    connection failed\tsrc.addr=10.244.1.2:40000 direction=\"inbound\" \
+                    error=explicitly denied by shop/deny-web rule 0";
         let e = event(line, "node-b", zero).expect("a line with a time");
         assert_eq!(e.at, Duration::from_millis(3250));
         assert_eq!(e.host, "node-b");
-        assert_eq!(e.component, "dataplane::ztunnel::inbound");
+        assert_eq!(e.component, "dataplane::ztunnel::inbound_plaintext");
+        assert!(e.what.starts_with("WARN connection failed "), "{}", e.what);
         assert_eq!(
             e.decision.as_deref(),
             Some("explicitly denied by shop/deny-web rule 0")
