@@ -1,8 +1,9 @@
 //! The cluster the benchmark runs on: two nodes and two pods in network namespaces, routed as
 //! a CNI routes them (each pod behind a veth to its node, the nodes on a bridge), with our
-//! istiod beside them. The same pods are measured three ways: uncaptured; captured in-pod by
-//! our node agent and served by our ztunnel, one process of each per node; and through
-//! upstream's ztunnel in dedicated mode, one process in each pod.
+//! istiod beside them. The same pods are measured four ways: uncaptured; captured in-pod by
+//! our node agent and served by our ztunnel, one process of each per node; through
+//! upstream's ztunnel in dedicated mode, one process in each pod; and through the ceiling's
+//! splice relays, also one process in each pod.
 //!
 //! ```text
 //!   cp      198.18.0.1    istiod
@@ -52,8 +53,9 @@ spec:
 status: {phase: Running, podIP: 10.244.2.2}
 "#;
 
-/// Upstream's dedicated-mode capture in the client pod: the app's connections to the server
-/// ports go to its 15001; its own (to 15008 and istiod) are left alone.
+/// Upstream's dedicated-mode capture in the client pod (the ceiling's relays use it too): the
+/// app's connections to the server ports go to its 15001; its own (to 15008 and istiod) are
+/// left alone.
 const UPSTREAM_CAPTURE: &str = "table ip bench-upstream {}
 delete table ip bench-upstream
 table ip bench-upstream {
@@ -85,6 +87,7 @@ pub struct Pod {
 /// The running cluster. Fields drop in order: processes before their namespaces.
 pub struct Cluster {
     upstream: Vec<Process>,
+    ceiling: Vec<Process>,
     ours: Vec<Process>,
     istiod: Process,
     pub client: Pod,
@@ -358,6 +361,7 @@ impl Cluster {
         }
         Ok(Cluster {
             upstream: Vec::new(),
+            ceiling: Vec::new(),
             ours,
             istiod,
             client,
@@ -454,11 +458,46 @@ impl Cluster {
         Ok(())
     }
 
+    /// The splice relays of [`crate::ceiling`] in both pods (this binary, re-run as a relay),
+    /// on the client pod's capture.
+    pub fn start_ceiling(&mut self) -> Result<(), String> {
+        let exe = std::env::current_exe().map_err(e)?;
+        for (pod, side) in [(&self.client, "outbound"), (&self.server, "inbound")] {
+            let name = format!("splice-relay-{}", pod.name);
+            let mut process = spawn(
+                &pod.netns,
+                &name,
+                &exe,
+                &self.dir,
+                &[crate::ceiling::ARG, side],
+                &[],
+            )?;
+            let deadline = Instant::now() + READY_TIMEOUT;
+            while !process.log_tail(500).contains("listening") {
+                if process.exited().is_some() || Instant::now() > deadline {
+                    return Err(format!("{name} did not start:\n{}", process.log_tail(3000)));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            self.ceiling.push(process);
+        }
+        nft(&self.client.netns, UPSTREAM_CAPTURE)
+    }
+
+    pub fn stop_ceiling(&mut self) -> Result<(), String> {
+        nft(&self.client.netns, UPSTREAM_RELEASE)?;
+        for mut process in self.ceiling.drain(..) {
+            process.kill();
+        }
+        Ok(())
+    }
+
     /// Processes for a failure message.
     pub fn logs(&self) -> String {
         std::iter::once(&self.istiod)
             .chain(&self.ours)
             .chain(&self.upstream)
+            .chain(&self.ceiling)
             .map(|p| format!("--- {}:\n{}", p.name(), p.log_tail(2000)))
             .collect::<Vec<_>>()
             .join("\n")

@@ -1,7 +1,8 @@
 //! The whole-binary benchmark on the namespace cluster: the same two pods, on two nodes,
 //! measured uncaptured, through our mesh (in-pod capture, our node agent and ztunnel as
-//! separate processes per node) and through upstream's ztunnel (dedicated mode, one process
-//! per pod), interleaved in one run. The client is a plain `TcpStream::connect` to the server
+//! separate processes per node), through upstream's ztunnel (dedicated mode, one process
+//! per pod) and through the ceiling (two relays that only splice bytes, where upstream's
+//! proxies sit: see `ceiling.rs`), interleaved in one run. The client is a plain `TcpStream::connect` to the server
 //! pod's IP from inside the client pod: the kernel's rules decide whether a proxy carries it.
 //!
 //! Measured: throughput with 1 and 8 streams, 1 KiB request/response latency (p50/p99) on
@@ -14,6 +15,7 @@
 //! `BENCH_QUICK=1` (and `cargo test --benches`) is one short round; the full run is five.
 //! The table is printed and written to `target/bench-namespace-cluster.json`.
 
+mod ceiling;
 mod cluster;
 mod traffic;
 
@@ -24,12 +26,13 @@ use cluster::{Binaries, Cluster, ECHO_PORT, SERVER_IP, SINK_PORT};
 use harness::components::{self, Component};
 use traffic::{Measured, Sizes};
 
-/// The three ways the same pods talk.
+/// The ways the same pods talk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Path {
     Uncaptured,
     Ours,
     Upstream,
+    Ceiling,
 }
 
 impl Path {
@@ -38,11 +41,20 @@ impl Path {
             Path::Uncaptured => "uncaptured",
             Path::Ours => "ours (in-pod)",
             Path::Upstream => "upstream (dedicated)",
+            Path::Ceiling => "ceiling (splice relays)",
         }
     }
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(ceiling::ARG) {
+        if let Err(err) = ceiling::main(&args[2..]) {
+            eprintln!("{err}");
+            std::process::exit(1);
+        }
+        return;
+    }
     // `cargo bench` passes `--bench`; `cargo test --benches` does not: a smoke run then.
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1")
         || !std::env::args().any(|a| a == "--bench");
@@ -81,6 +93,7 @@ fn main() {
     } else {
         eprintln!("namespace_cluster bench: no upstream ztunnel; its column is left out");
     }
+    paths.push(Path::Ceiling);
     let mut rounds: Vec<Vec<(Path, Measured)>> = Vec::new();
     for round in 0..sizes.rounds {
         let mut measured = Vec::new();
@@ -89,6 +102,7 @@ fn main() {
                 Path::Uncaptured => Ok(()),
                 Path::Ours => traffic::run(&rt, cluster::tell_agents(cluster.ours(true))),
                 Path::Upstream => cluster.start_upstream(),
+                Path::Ceiling => cluster.start_ceiling(),
             };
             if let Err(why) = switched {
                 panic!(
@@ -102,6 +116,7 @@ fn main() {
                 Path::Uncaptured => Ok(()),
                 Path::Ours => traffic::run(&rt, cluster::tell_agents(cluster.ours(false))),
                 Path::Upstream => cluster.stop_upstream(),
+                Path::Ceiling => cluster.stop_ceiling(),
             };
             let m = result.unwrap_or_else(|why| {
                 panic!(
@@ -229,6 +244,17 @@ fn report(rounds: &[Vec<(Path, Measured)>], paths: &[Path]) -> String {
         None,
     );
     row("ours added p50 µs", added(Path::Ours), None);
+    row(
+        "ceiling / uncaptured, 1 stream",
+        ratio(Path::Ceiling, Path::Uncaptured, &|m| m.tp1),
+        None,
+    );
+    row("ceiling added p50 µs", added(Path::Ceiling), None);
+    row(
+        "ours / ceiling, 1 stream",
+        ratio(Path::Ours, Path::Ceiling, &|m| m.tp1),
+        None,
+    );
     if paths.contains(&Path::Upstream) {
         row(
             "upstream / uncaptured, 1 stream",
@@ -256,6 +282,25 @@ fn report(rounds: &[Vec<(Path, Measured)>], paths: &[Path]) -> String {
         let conns = ratio(Path::Ours, Path::Upstream, &|m| m.conns_per_s);
         let met = median(conns.clone()) >= 1.3;
         row("ours / upstream, conns/s", conns, Some(("≥ 1.3", met)));
+        // Where the targets lie against the ceiling: above 1 (throughput) or below 1
+        // (latency), no proxy in these places reaches them on this machine, encrypting or not.
+        let wanted = |path: Path, f: &dyn Fn(&Measured) -> f64| ratio(path, Path::Ceiling, f);
+        row(
+            "2 × upstream / ceiling, 1 stream",
+            wanted(Path::Upstream, &|m| 2.0 * m.tp1),
+            None,
+        );
+        row(
+            "2 × upstream / ceiling, 8 streams",
+            wanted(Path::Upstream, &|m| 2.0 * m.tp8),
+            None,
+        );
+        let floor: Vec<f64> = added(Path::Upstream)
+            .iter()
+            .zip(added(Path::Ceiling))
+            .map(|(u, c)| 0.7 * u / c)
+            .collect();
+        row("0.7 × upstream added p50 / ceiling added", floor, None);
     }
     out
 }
