@@ -160,8 +160,14 @@ fn ready(netns: &Netns, addr: SocketAddr) -> bool {
 }
 
 fn wait_ready(netns: &Netns, addr: SocketAddr, process: &mut Process) -> Result<(), String> {
+    wait_until(process, |_| ready(netns, addr))
+}
+
+/// Waits until `done` says `process` is ready; it exiting first, or [`READY_TIMEOUT`]
+/// passing, is an error with its log.
+fn wait_until(process: &mut Process, done: impl Fn(&Process) -> bool) -> Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
-    while !ready(netns, addr) {
+    while !done(process) {
         if let Some(status) = process.exited() {
             return Err(format!(
                 "{} exited ({status}):\n{}",
@@ -451,11 +457,7 @@ impl Cluster {
     }
 
     pub fn stop_upstream(&mut self) -> Result<(), String> {
-        nft(&self.client.netns, UPSTREAM_RELEASE)?;
-        for mut process in self.upstream.drain(..) {
-            process.kill();
-        }
-        Ok(())
+        release(&self.client.netns, &mut self.upstream)
     }
 
     /// The splice relays of [`crate::ceiling`] in both pods (this binary, re-run as a relay),
@@ -472,24 +474,14 @@ impl Cluster {
                 &[crate::ceiling::ARG, side],
                 &[],
             )?;
-            let deadline = Instant::now() + READY_TIMEOUT;
-            while !process.log_tail(500).contains("listening") {
-                if process.exited().is_some() || Instant::now() > deadline {
-                    return Err(format!("{name} did not start:\n{}", process.log_tail(3000)));
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            wait_until(&mut process, |p| p.log_tail(500).contains("listening"))?;
             self.ceiling.push(process);
         }
         nft(&self.client.netns, UPSTREAM_CAPTURE)
     }
 
     pub fn stop_ceiling(&mut self) -> Result<(), String> {
-        nft(&self.client.netns, UPSTREAM_RELEASE)?;
-        for mut process in self.ceiling.drain(..) {
-            process.kill();
-        }
-        Ok(())
+        release(&self.client.netns, &mut self.ceiling)
     }
 
     /// Processes for a failure message.
@@ -512,6 +504,15 @@ pub async fn tell_agents(requests: Vec<(PathBuf, PodRequest)>) -> Result<(), Str
             PodResponse::Ok { .. } => {}
             other => return Err(format!("node agent: {other:?}")),
         }
+    }
+    Ok(())
+}
+
+/// Takes the client pod's dedicated-mode capture out, then stops the proxies it fed.
+fn release(client: &Netns, proxies: &mut Vec<Process>) -> Result<(), String> {
+    nft(client, UPSTREAM_RELEASE)?;
+    for mut process in proxies.drain(..) {
+        process.kill();
     }
     Ok(())
 }

@@ -2,8 +2,9 @@
 //! measured uncaptured, through our mesh (in-pod capture, our node agent and ztunnel as
 //! separate processes per node), through upstream's ztunnel (dedicated mode, one process
 //! per pod) and through the ceiling (two relays that only splice bytes, where upstream's
-//! proxies sit: see `ceiling.rs`), interleaved in one run. The client is a plain `TcpStream::connect` to the server
-//! pod's IP from inside the client pod: the kernel's rules decide whether a proxy carries it.
+//! proxies sit: see `ceiling.rs`), interleaved in one run. The client is a plain
+//! `TcpStream::connect` to the server pod's IP from inside the client pod: the kernel's rules
+//! decide whether a proxy carries it.
 //!
 //! Measured: throughput with 1 and 8 streams, 1 KiB request/response latency (p50/p99) on
 //! one connection, and new connections per second (connect, one byte there and back, close,
