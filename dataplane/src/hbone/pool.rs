@@ -10,6 +10,7 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::client::{ConnectHeaders, Connection, HboneError, connect_stream};
@@ -85,26 +86,28 @@ impl Pool {
 
     /// A stream to `authority` on a connection for `key`, opening a connection with `open`
     /// when none has a free slot. A peer that turns the stream away unprocessed (GOAWAY,
-    /// REFUSED_STREAM) gets it sent once more, on another connection.
+    /// REFUSED_STREAM) gets it sent once more, on another connection. `first_flight` goes
+    /// right behind the CONNECT ([`connect_stream`]), on the retry too.
     pub async fn open_stream<F, Fut>(
         &self,
         key: &PoolKey,
         open: F,
         authority: &str,
         headers: &ConnectHeaders,
+        first_flight: &Bytes,
     ) -> Result<(H2Stream, Lease), HboneError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Connection, HboneError>>,
     {
         let lease = self.checkout(key, &open).await?;
-        match connect_stream(&lease, authority, headers).await {
+        match connect_stream(&lease, authority, headers, first_flight).await {
             Ok(stream) => Ok((stream, lease)),
             Err(err) if err.unprocessed() => {
                 tracing::debug!(%err, "peer turned the stream away; retrying on another connection");
                 drop(lease);
                 let lease = self.checkout(key, &open).await?;
-                let stream = connect_stream(&lease, authority, headers).await?;
+                let stream = connect_stream(&lease, authority, headers, first_flight).await?;
                 Ok((stream, lease))
             }
             Err(err) => Err(err),

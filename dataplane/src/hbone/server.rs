@@ -84,6 +84,12 @@ impl IncomingConnect {
         }
     }
 
+    /// The stream's data as it arrives, before any answer.
+    #[cfg(test)]
+    pub(crate) fn body(&mut self) -> &mut RecvStream {
+        &mut self.recv
+    }
+
     /// Answers 200 (with `headers`, e.g. response baggage) and hands back the tunnel.
     pub fn accept(mut self, headers: HeaderMap) -> Result<H2Stream, h2::Error> {
         let mut response = Response::new(());

@@ -44,6 +44,11 @@ impl ByteCounts {
     pub fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
     }
+
+    /// Counts bytes read from the stream before it was wrapped (a first flight).
+    pub fn add_read(&self, n: u64) {
+        self.read.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 /// A stream that counts the bytes through it (one atomic add per I/O call, not per byte).

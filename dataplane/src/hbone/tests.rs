@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use http::HeaderMap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -30,10 +31,18 @@ struct Server {
     drains: Mutex<Vec<watch::Sender<bool>>>,
     /// The receive window each accepted stream started with.
     windows: Mutex<Vec<isize>>,
+    /// Answer a CONNECT only once its first DATA frame has arrived, recorded here.
+    first_flights: Option<Mutex<Vec<Bytes>>>,
 }
 
 impl Server {
     async fn start(ca: &LocalCa) -> Arc<Server> {
+        Server::start_with(ca, false).await
+    }
+
+    /// `answer_after_data`: answers each CONNECT only after its first DATA frame (a client
+    /// that waits for the answer before it sends never gets one).
+    async fn start_with(ca: &LocalCa, answer_after_data: bool) -> Arc<Server> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let cert = ca.issue(&server_id(), Duration::from_secs(3600), SystemTime::now());
         let tls = Arc::new(server_config(&cert.unwrap(), clock).unwrap());
@@ -43,6 +52,7 @@ impl Server {
             accepted: AtomicUsize::new(0),
             drains: Mutex::new(Vec::new()),
             windows: Mutex::new(Vec::new()),
+            first_flights: answer_after_data.then(|| Mutex::new(Vec::new())),
         });
         let s = server.clone();
         tokio::spawn(async move {
@@ -58,9 +68,15 @@ impl Server {
                     drain_deadline: Duration::from_secs(30),
                 };
                 let server = s.clone();
-                let handler = move |incoming: IncomingConnect| {
+                let handler = move |mut incoming: IncomingConnect| {
                     let server = server.clone();
                     async move {
+                        if let Some(flights) = &server.first_flights {
+                            let Some(Ok(data)) = incoming.body().data().await else {
+                                return;
+                            };
+                            flights.lock().unwrap().push(data);
+                        }
                         let Ok(mut stream) = incoming.accept(HeaderMap::new()) else {
                             return;
                         };
@@ -112,6 +128,16 @@ impl Client {
         key: &PoolKey,
         server: &Server,
     ) -> Result<(H2Stream, Lease), HboneError> {
+        self.stream_with(pool, key, server, Bytes::new()).await
+    }
+
+    async fn stream_with(
+        &self,
+        pool: &Pool,
+        key: &PoolKey,
+        server: &Server,
+        first_flight: Bytes,
+    ) -> Result<(H2Stream, Lease), HboneError> {
         let open = || async {
             open_connection(
                 &RealNetwork::default(),
@@ -122,8 +148,14 @@ impl Client {
             .await
         };
         let authority = "127.0.0.1:8080";
-        pool.open_stream(key, open, authority, &ConnectHeaders::default())
-            .await
+        pool.open_stream(
+            key,
+            open,
+            authority,
+            &ConnectHeaders::default(),
+            &first_flight,
+        )
+        .await
     }
 }
 
@@ -254,4 +286,26 @@ async fn windows_are_upstreams_4_mib_per_stream_each_way() {
     .expect("the send buffer's worth is granted");
     assert_eq!(granted, CLIENT_SEND_BUFFER);
     const { assert!(CLIENT_SEND_BUFFER > 65_535) };
+}
+
+#[tokio::test]
+async fn the_first_flight_goes_with_the_connect_before_its_answer() {
+    let ca = ca();
+    // This server answers only once data has arrived: a client waiting for the 200 before
+    // sending would wait forever.
+    let server = Server::start_with(&ca, true).await;
+    let client = Client::new(&ca, vec![server_id()]);
+    let pool = Pool::new();
+    let first = Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n");
+    let opened = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.stream_with(&pool, &key(&server), &server, first.clone()),
+    )
+    .await;
+    assert!(
+        matches!(opened, Ok(Ok(_))),
+        "the CONNECT was not answered: its first flight did not go before the answer"
+    );
+    let flights = server.first_flights.as_ref().unwrap().lock().unwrap();
+    assert_eq!(flights.as_slice(), &[first]);
 }

@@ -5,6 +5,7 @@ mod pods;
 mod real;
 mod sim;
 
+use std::any::Any;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -18,11 +19,23 @@ pub use real::RealNetwork;
 pub use sim::SimNetwork;
 
 /// A byte stream from any implementation of the seam.
-pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + Any {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + Any> Stream for T {}
 
 /// An owned, type-erased connection.
 pub type BoxStream = Box<dyn Stream>;
+
+/// Makes closing `stream` reset the connection (`SO_LINGER` 0) instead of ending it in order:
+/// the kernel's own answer when a socket is closed with bytes it never read, for a proxy that
+/// did read them and lost them. False where the stream is not a kernel socket (the
+/// simulator's streams end in order).
+pub fn reset_on_close(stream: &mut BoxStream) -> bool {
+    let stream: &mut dyn Any = &mut **stream;
+    match stream.downcast_mut::<tokio::net::TcpStream>() {
+        Some(tcp) => tcp.set_zero_linger().is_ok(),
+        None => false,
+    }
+}
 
 /// A boxed future, the shape of every asynchronous seam call.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

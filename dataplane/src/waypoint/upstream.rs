@@ -140,7 +140,7 @@ pub(crate) async fn open_stream(
     };
     let (stream, lease) = inner
         .pool
-        .open_stream(&key, open, &address.to_string(), &headers)
+        .open_stream(&key, open, &address.to_string(), &headers, &Bytes::new())
         .await?;
     Ok(Box::new(Leased {
         io: H2Io::new(stream),

@@ -1,10 +1,13 @@
 //! Outbound: where a local workload's connection goes (wire facts §4.7) and getting it there.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tracing::Instrument;
 
 use super::Inner;
@@ -14,7 +17,7 @@ use super::route::{Route, RouteError, Router};
 use crate::hbone::{
     self, ByteCounts, ConnectHeaders, Counted, H2Stream, HboneError, PoolKey, TraceParent,
 };
-use crate::seams::BoxStream;
+use crate::seams::{BoxStream, network};
 use crate::state::Workload;
 
 /// Why an outbound connection could not be set up.
@@ -30,6 +33,8 @@ pub enum OutboundError {
     Connect(SocketAddr, std::io::Error),
     #[error("timed out establishing the upstream after {0:?}")]
     Timeout(Duration),
+    #[error("the client's connection failed before it was set up: {0}")]
+    Client(std::io::Error),
 }
 
 impl OutboundError {
@@ -82,15 +87,39 @@ pub(crate) struct Established {
     pub(crate) upstream: Upstream,
     route: Route,
     source: Arc<Workload>,
+    /// Bytes of the client's first flight already sent upstream.
+    first_flight: u64,
 }
 
-/// Finds the source workload and establishes the upstream for `destination`; an HBONE
-/// upstream carries `trace` as its `traceparent`.
+/// The most of a client's first flight that travels with the CONNECT: one 16 KiB DATA frame.
+const FIRST_FLIGHT: usize = 16 * 1024;
+
+/// What a captured client has already sent, taken without waiting: nothing when it has not
+/// spoken yet or has already closed (the relay then carries everything, the close included).
+fn first_flight(downstream: &mut BoxStream) -> std::io::Result<Bytes> {
+    let mut buf = BytesMut::zeroed(FIRST_FLIGHT);
+    let mut read = ReadBuf::new(&mut buf);
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(downstream).poll_read(&mut cx, &mut read) {
+        Poll::Ready(Ok(())) => {
+            let n = read.filled().len();
+            buf.truncate(n);
+            Ok(buf.freeze())
+        }
+        Poll::Ready(Err(err)) => Err(err),
+        Poll::Pending => Ok(Bytes::new()),
+    }
+}
+
+/// Finds the source workload and establishes the upstream for `destination`, sending
+/// `first_flight` (the client's bytes already read) ahead of anything the relay will carry.
+/// An HBONE upstream carries `trace` as its `traceparent`.
 pub(crate) async fn establish(
     inner: &Arc<Inner>,
     peer: SocketAddr,
     destination: SocketAddr,
     trace: TraceParent,
+    first_flight: Bytes,
 ) -> Result<Established, OutboundError> {
     let (source, route) = inner.state.read(|state| {
         let source = inner
@@ -107,10 +136,14 @@ pub(crate) async fn establish(
     })?;
     let upstream = match &route.hbone {
         None => {
-            let stream = inner
+            let mut stream = inner
                 .seams
                 .network
                 .connect_from_pod(peer.ip(), None, route.next_hop)
+                .await
+                .map_err(|e| OutboundError::Connect(route.next_hop, e))?;
+            stream
+                .write_all(&first_flight)
                 .await
                 .map_err(|e| OutboundError::Connect(route.next_hop, e))?;
             Upstream::Direct(stream)
@@ -142,7 +175,7 @@ pub(crate) async fn establish(
             };
             let (stream, lease) = inner
                 .pool
-                .open_stream(&key, open, authority, &headers)
+                .open_stream(&key, open, authority, &headers, &first_flight)
                 .await?;
             Upstream::Hbone(stream, lease)
         }
@@ -151,6 +184,7 @@ pub(crate) async fn establish(
         upstream,
         route,
         source,
+        first_flight: first_flight.len() as u64,
     })
 }
 
@@ -166,6 +200,7 @@ pub(crate) async fn relay(
         upstream,
         route,
         source,
+        first_flight,
     } = established;
     let source_identity = source.identity();
     let destination_identity = route.destination.as_ref().map(|w| w.identity());
@@ -184,6 +219,7 @@ pub(crate) async fn relay(
     inner.metrics.opened.get_or_create(&labels).inc();
     let mut terminate = inner.terminate.clone();
     let counts = Arc::new(ByteCounts::default());
+    counts.add_read(first_flight);
     let mut downstream = Counted::new(downstream, counts.clone());
     let copy = async {
         match upstream {
@@ -255,10 +291,11 @@ pub(crate) fn failed(
 }
 
 /// Handles one captured connection on 15001. Its log lines carry the `traceparent` id the
-/// upstream ztunnel adopts, so both sides of one connection can be found together.
+/// upstream ztunnel adopts, so both sides of one connection can be found together. What the
+/// client has sent by the time it is accepted goes with the CONNECT.
 pub(crate) async fn handle_captured(
     inner: Arc<Inner>,
-    downstream: BoxStream,
+    mut downstream: BoxStream,
     peer: SocketAddr,
     destination: SocketAddr,
 ) {
@@ -266,9 +303,22 @@ pub(crate) async fn handle_captured(
     let span = tracing::info_span!("outbound", id = %trace);
     async move {
         let started = tokio::time::Instant::now();
-        match establish_within(&inner, peer, destination, trace).await {
+        let first = match first_flight(&mut downstream) {
+            Ok(first) => first,
+            Err(err) => return failed(&inner, peer, destination, &OutboundError::Client(err)),
+        };
+        let spoke_first = !first.is_empty();
+        match establish_within(&inner, peer, destination, trace, first).await {
             Ok(established) => relay(&inner, downstream, peer, established, started).await,
-            Err(err) => failed(&inner, peer, destination, &err),
+            Err(err) => {
+                failed(&inner, peer, destination, &err);
+                // Its first flight went nowhere: the client learns so by a reset, as it would
+                // had the bytes never been read (upstream's ztunnel reads nothing before the
+                // 200, and the kernel resets a socket closed with unread bytes).
+                if spoke_first {
+                    network::reset_on_close(&mut downstream);
+                }
+            }
         }
     }
     .instrument(span)
@@ -285,10 +335,11 @@ pub(crate) async fn establish_within(
     peer: SocketAddr,
     destination: SocketAddr,
     trace: TraceParent,
+    first_flight: Bytes,
 ) -> Result<Established, OutboundError> {
     tokio::time::timeout(
         ESTABLISH_TIMEOUT,
-        establish(inner, peer, destination, trace),
+        establish(inner, peer, destination, trace, first_flight),
     )
     .await
     .unwrap_or(Err(OutboundError::Timeout(ESTABLISH_TIMEOUT)))

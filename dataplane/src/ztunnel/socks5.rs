@@ -229,7 +229,10 @@ async fn establish_and_relay(
     trace: TraceParent,
     started: tokio::time::Instant,
 ) {
-    match outbound::establish_within(&inner, peer, destination, trace).await {
+    // A SOCKS5 client waits for the reply before it sends: no first flight (what it sent
+    // early anyway is in `handshake.early_data()`, carried by the relay).
+    let first_flight = bytes::Bytes::new();
+    match outbound::establish_within(&inner, peer, destination, trace, first_flight).await {
         Ok(established) => {
             if handshake.reply(&mut stream, REPLY_OK).await.is_ok() {
                 let early = handshake.early_data();

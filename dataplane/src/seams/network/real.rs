@@ -174,4 +174,30 @@ mod tests {
         let accepted = listener.accept().await.unwrap().await.unwrap();
         assert!(accepted.peer.ip().is_loopback());
     }
+
+    #[tokio::test]
+    async fn a_connection_set_to_reset_on_close_is_reset_with_its_bytes_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let net = RealNetwork::default();
+        let listener = net.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let to = listener.local_addr();
+        for reset in [false, true] {
+            let mut client = net.connect(None, to).await.unwrap();
+            let mut accepted = listener.accept().await.unwrap().await.unwrap().stream;
+            client.write_all(b"first flight").await.unwrap();
+            let mut read = [0u8; 12];
+            accepted.read_exact(&mut read).await.unwrap();
+            if reset {
+                assert!(super::super::reset_on_close(&mut accepted));
+            }
+            drop(accepted);
+            let mut rest = [0u8; 1];
+            let closed = client.read(&mut rest).await;
+            match (reset, closed) {
+                (false, Ok(0)) => {}
+                (true, Err(err)) if err.kind() == io::ErrorKind::ConnectionReset => {}
+                (reset, other) => panic!("reset {reset}: {other:?}"),
+            }
+        }
+    }
 }

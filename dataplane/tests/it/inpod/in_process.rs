@@ -10,6 +10,7 @@ use dataplane::seams::{Seams, SystemClock};
 use dataplane::zds::{Request, ZdsListener, ZdsServerConn};
 use dataplane::ztunnel::{self, Config, LocalCaProvider};
 use harness::{Lan, Netns};
+use tokio::io::AsyncReadExt;
 
 use super::*;
 use crate::common;
@@ -108,6 +109,25 @@ fn a_plain_connect_between_pods_is_captured_and_carried_over_hbone() {
                 "the ztunnel accounted a → b:\n{metrics}"
             );
 
+            // A connection b's ztunnel cannot complete (nothing listens on b's port 9) whose
+            // client spoke first is reset, not ended in order: its bytes went nowhere.
+            let mut closes = Vec::new();
+            for _ in 0..3 {
+                let closed = refused_after_speaking(a, SocketAddr::from((B, 9))).await;
+                let reset =
+                    matches!(&closed, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset);
+                closes.push(closed);
+                if reset {
+                    break;
+                }
+            }
+            assert!(
+                closes.iter().all(|c| matches!(c, Ok(0))
+                    || matches!(c, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)),
+                "{closes:?}"
+            );
+            assert!(closes.iter().any(Result::is_err), "never reset: {closes:?}");
+
             // An unenrolled outsider's plaintext is captured by b's inbound rule (15006).
             let answer = call(outsider, SocketAddr::from((B, APP_PORT)))
                 .await
@@ -151,4 +171,25 @@ fn a_plain_connect_between_pods_is_captured_and_carried_over_hbone() {
     })
     .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// How a connection from `pod` to `to` ends when its client connects and writes at once (on
+/// this thread, so that the bytes are there before the ztunnel can have given up: a thread
+/// preempted between the two can still lose that race, on any proxy, and then sees an
+/// orderly close).
+async fn refused_after_speaking(pod: &Netns, to: SocketAddr) -> std::io::Result<usize> {
+    let stream = pod
+        .enter(|| {
+            let mut s = std::net::TcpStream::connect(to)?;
+            std::io::Write::write_all(&mut s, b"hello")?;
+            s.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(s)
+        })
+        .unwrap()?;
+    let mut stream = tokio::net::TcpStream::from_std(stream)?;
+    let mut rest = [0u8; 8];
+    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut rest)).await {
+        Ok(closed) => closed,
+        Err(_) => panic!("the refused connection to {to} was left open"),
+    }
 }
