@@ -115,27 +115,33 @@ impl Capture {
     }
 }
 
+/// Reads frames until told to stop, then takes what is already queued without waiting: a frame
+/// that crossed the link before the stop is in the socket's queue even when this thread had not
+/// been scheduled since (on a busy machine it can wake for the first frame of an exchange only
+/// after the stop).
 fn read_until(socket: &OwnedFd, stop: &AtomicBool) -> io::Result<Vec<Segment>> {
     let mut segments = Vec::new();
     let mut frame = vec![0u8; 65_536];
-    while !stop.load(Ordering::Acquire) {
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        let flags = if stopping { libc::MSG_DONTWAIT } else { 0 };
         // SAFETY: `frame` is writable for its whole length.
         let n = unsafe {
             libc::recv(
                 socket.as_raw_fd(),
                 frame.as_mut_ptr().cast(),
                 frame.len(),
-                0,
+                flags,
             )
         };
         if n < 0 {
             let err = io::Error::last_os_error();
             match err.kind() {
+                // Stopping, and nothing left in the queue.
+                io::ErrorKind::WouldBlock if stopping => break,
                 io::ErrorKind::WouldBlock
                 | io::ErrorKind::TimedOut
-                | io::ErrorKind::Interrupted => {
-                    continue;
-                }
+                | io::ErrorKind::Interrupted => continue,
                 _ => return Err(err),
             }
         }
