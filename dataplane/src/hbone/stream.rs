@@ -46,7 +46,7 @@ impl ByteCounts {
     }
 
     /// Counts bytes read from the stream before it was wrapped (a first flight).
-    pub fn add_read(&self, n: u64) {
+    pub(crate) fn add_read(&self, n: u64) {
         self.read.fetch_add(n, Ordering::Relaxed);
     }
 }

@@ -96,6 +96,8 @@ const FIRST_FLIGHT: usize = 16 * 1024;
 
 /// What a captured client has already sent, taken without waiting: nothing when it has not
 /// spoken yet or has already closed (the relay then carries everything, the close included).
+/// Only bytes the runtime has seen arrive count: a client whose request lands a moment after
+/// its accept is carried as before, after the 200.
 fn first_flight(downstream: &mut BoxStream) -> std::io::Result<Bytes> {
     let mut buf = BytesMut::zeroed(FIRST_FLIGHT);
     let mut read = ReadBuf::new(&mut buf);
@@ -347,3 +349,57 @@ pub(crate) async fn establish_within(
 
 #[cfg(test)]
 mod fuzz;
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::first_flight;
+    use crate::seams::{BoxStream, Network, RealNetwork};
+
+    /// A real loopback connection: the client's end and the accepted end, as ztunnel gets it.
+    async fn connection() -> (tokio::net::TcpStream, BoxStream) {
+        let net = RealNetwork::default();
+        let listener = net.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr())
+            .await
+            .unwrap();
+        let accepted = listener.accept().await.unwrap().await.unwrap().stream;
+        (client, accepted)
+    }
+
+    #[tokio::test]
+    async fn the_first_flight_is_what_the_client_already_sent_and_no_more() {
+        let (mut client, mut accepted) = connection().await;
+        assert!(
+            first_flight(&mut accepted).unwrap().is_empty(),
+            "a client that has not spoken: nothing, and no waiting"
+        );
+        let big = vec![7u8; 40 * 1024];
+        client.write_all(&big).await.unwrap();
+        // Once the runtime has seen the bytes arrive, one read takes what is there, up to
+        // 16 KiB.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let first = first_flight(&mut accepted).unwrap();
+        assert_eq!(first.len(), super::FIRST_FLIGHT);
+        assert!(first.iter().all(|&b| b == 7));
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_before_it_was_set_up_is_an_error_or_nothing() {
+        let (client, mut accepted) = connection().await;
+        client.set_zero_linger().unwrap();
+        drop(client);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let err = first_flight(&mut accepted).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+
+        let (mut client, mut accepted) = connection().await;
+        client.shutdown().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(
+            first_flight(&mut accepted).unwrap().is_empty(),
+            "an orderly close: nothing, for the relay to carry the close"
+        );
+    }
+}
